@@ -1,0 +1,12 @@
+"""YouTube-VIS 2021: IAI + CondInst.
+
+Variants (comma-separated after a colon): tiny, r18, r34, r50 (default), r101,
+ms (multi-scale training), bf16.  Example:
+  python -m iai_jax.main --config=configs/ytvis21.py:r101,ms
+"""
+
+from iai_jax import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.make_config('ytvis21', arg)

@@ -1,0 +1,204 @@
+"""FPN, CondInst head (with IAI's ID head), mask branch and dynamic mask head."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from iai_jax.models.layers import aligned_bilinear
+
+_xavier = nn.initializers.xavier_uniform()
+_normal001 = nn.initializers.normal(0.01)
+_kaiming_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+# Dynamic mask head: three 1x1 convs 10->8, 8->8, 8->1 (weights then biases).
+DYN_IN = 10  # 2 relative coordinates + 8 mask-feature channels
+DYN_WEIGHTS = (80, 64, 8)
+DYN_BIASES = (8, 8, 1)
+DYN_PARAMS = sum(DYN_WEIGHTS) + sum(DYN_BIASES)  # 169
+
+
+def _pad(k):
+  return ((k // 2, k // 2), (k // 2, k // 2))
+
+
+class FPN(nn.Module):
+  """P3..P7 from C3, C4, C5'. P6, P7: stride-2 convs on ReLU(P5 output)."""
+  channels: int = 256
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feats: Sequence[jax.Array]):
+    lat = [nn.Conv(self.channels, (1, 1), kernel_init=_xavier, dtype=self.dtype,
+                   name=f'lateral_{i}')(f) for i, f in enumerate(feats)]
+    for i in range(len(lat) - 1, 0, -1):
+      up = jnp.repeat(jnp.repeat(lat[i], 2, axis=1), 2, axis=2)
+      lat[i - 1] = lat[i - 1] + up[:, :lat[i - 1].shape[1], :lat[i - 1].shape[2]]
+    outs = [nn.Conv(self.channels, (3, 3), padding=_pad(3), kernel_init=_xavier,
+                    dtype=self.dtype, name=f'output_{i}')(l)
+            for i, l in enumerate(lat)]
+    x = outs[-1]
+    for i in range(2):
+      x = nn.Conv(self.channels, (3, 3), strides=(2, 2), padding=_pad(3),
+                  kernel_init=_xavier, dtype=self.dtype,
+                  name=f'output_{len(lat) + i}')(nn.relu(x))
+      outs.append(x)
+    return outs
+
+
+class ConvGN(nn.Module):
+  """3x3 conv (no bias) + GroupNorm + ReLU, the head towers' unit."""
+  channels: int
+  groups: int = 32
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(self.channels, (3, 3), padding=_pad(3), use_bias=False,
+                kernel_init=_normal001, dtype=self.dtype, name='conv')(x)
+    x = nn.GroupNorm(num_groups=self.groups, epsilon=1e-5, dtype=self.dtype,
+                     name='gn')(x)
+    return nn.relu(x)
+
+
+class CondInstHead(nn.Module):
+  """Shared head over P3..P7: classes, IDs, boxes, centerness, controller."""
+  num_classes: int
+  num_ids: int
+  strides: Sequence[int] = (8, 16, 32, 64, 128)
+  channels: int = 256
+  num_convs: int = 4
+  num_id_convs: int = 1
+  gn_groups: int = 32
+  prior_prob: float = 0.01
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    tower = lambda n: [ConvGN(self.channels, self.gn_groups, self.dtype)
+                       for _ in range(n)]
+    self.cls_convs = tower(self.num_convs)
+    self.id_convs = tower(self.num_id_convs)
+    self.reg_convs = tower(self.num_convs)
+    prior = -math.log((1 - self.prior_prob) / self.prior_prob)
+    conv = lambda n, bias_init=nn.initializers.zeros: nn.Conv(
+        n, (3, 3), padding=_pad(3), kernel_init=_normal001,
+        bias_init=bias_init, dtype=self.dtype)
+    self.conv_cls = conv(self.num_classes, nn.initializers.constant(prior))
+    self.conv_id = conv(self.num_ids, nn.initializers.constant(prior))
+    self.conv_reg = conv(4)
+    self.conv_centerness = conv(1)
+    self.controller = conv(DYN_PARAMS)
+    self.scales = self.param('scales', nn.initializers.ones,
+                             (len(self.strides),))
+
+  def __call__(self, feats: Sequence[jax.Array]):
+    out = {k: [] for k in ('cls', 'id', 'reg', 'ctr', 'ctrl')}
+    for level, x in enumerate(feats):
+      cls_f, id_f, reg_f = x, x, x
+      for m in self.cls_convs:
+        cls_f = m(cls_f)
+      for m in self.id_convs:
+        id_f = m(id_f)
+      for m in self.reg_convs:
+        reg_f = m(reg_f)
+      out['cls'].append(self.conv_cls(cls_f).astype(jnp.float32))
+      out['id'].append(self.conv_id(id_f).astype(jnp.float32))
+      reg = self.conv_reg(reg_f).astype(jnp.float32) * self.scales[level]
+      out['reg'].append(nn.relu(reg) * self.strides[level])
+      out['ctr'].append(self.conv_centerness(reg_f).astype(jnp.float32))
+      out['ctrl'].append(self.controller(reg_f).astype(jnp.float32))
+    return out
+
+
+class MaskBranch(nn.Module):
+  """F_mask (stride 8, 8 channels) from P3, P4, P5.
+
+  BatchNorm here is trained: batch statistics in training (averaged over
+  ``axis_name`` when given), running statistics at inference.
+  """
+  channels: int = 128
+  num_convs: int = 4
+  out_channels: int = 8
+  momentum: float = 0.9
+  axis_name: str | None = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feats: Sequence[jax.Array], train: bool = False):
+    def conv_bn(x, name):
+      x = nn.Conv(self.channels, (3, 3), padding=_pad(3), use_bias=False,
+                  kernel_init=_kaiming_out, dtype=self.dtype,
+                  name=f'{name}_conv')(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
+                       epsilon=1e-5, axis_name=self.axis_name if train else None,
+                       dtype=self.dtype, name=f'{name}_bn')(x)
+      return nn.relu(x)
+
+    x = None
+    for i, f in enumerate(feats[:3]):
+      y = conv_bn(f, f'refine_{i}')
+      if x is None:
+        x = y
+      else:
+        factor = x.shape[1] // y.shape[1]
+        x = x + aligned_bilinear(y, factor)
+    for i in range(self.num_convs):
+      x = conv_bn(x, f'tower_{i}')
+    x = nn.Conv(self.out_channels, (1, 1), kernel_init=_kaiming_out,
+                dtype=self.dtype, name='tower_out')(x)
+    return x.astype(jnp.float32)
+
+
+def grid_locations(h: int, w: int, stride: int) -> np.ndarray:
+  """(h*w, 2) (x, y) pixel centres of a stride-``stride`` map, row-major."""
+  ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing='ij')
+  loc = np.stack([xs.ravel() * stride + stride // 2,
+                  ys.ravel() * stride + stride // 2], axis=-1)
+  return loc.astype(np.float32)
+
+
+def split_dynamic_params(params: jax.Array):
+  """(K, 169) -> [(w0 (K,8,10), b0 (K,8)), (w1, b1), (w2 (K,1,8), b2)]."""
+  k = params.shape[0]
+  sizes = list(DYN_WEIGHTS) + list(DYN_BIASES)
+  parts = jnp.split(params, np.cumsum(sizes)[:-1], axis=1)
+  ws, bs = parts[:3], parts[3:]
+  ins = (DYN_IN, 8, 8)
+  outs = (8, 8, 1)
+  return [(w.reshape(k, o, i), b) for w, b, i, o in zip(ws, bs, ins, outs)]
+
+
+def dynamic_mask_head(mask_feats, params, locations, strides,
+                      feat_stride: int = 8):
+  """Per-instance mask logits from the controller's dynamic parameters.
+
+  Args:
+    mask_feats: (h, w, 8) F_mask of one image (stride ``feat_stride``).
+    params: (K, 169) controller outputs of K instances.
+    locations: (K, 2) the instances' (x, y) locations in input pixels.
+    strides: (K,) FPN stride of the level each instance came from.
+  Returns:
+    (K, h, w) mask logits at stride ``feat_stride``.
+
+  The input of the first 1x1 conv is [rel_x, rel_y, F_mask] with
+  rel = (instance location - pixel location) / (stride * 8).
+  """
+  h, w, _ = mask_feats.shape
+  pix = jnp.asarray(grid_locations(h, w, feat_stride)).reshape(h, w, 2)
+  rel = (locations[:, None, None, :] - pix[None]) / (
+      strides.astype(jnp.float32)[:, None, None, None] * 8.0)
+  k = params.shape[0]
+  feats = jnp.broadcast_to(mask_feats[None].astype(jnp.float32),
+                           (k, h, w, mask_feats.shape[-1]))
+  x = jnp.concatenate([rel, feats], axis=-1)
+  layers = split_dynamic_params(params.astype(jnp.float32))
+  for n, (wt, b) in enumerate(layers):
+    x = jnp.einsum('khwi,koi->khwo', x, wt) + b[:, None, None, :]
+    if n < len(layers) - 1:
+      x = nn.relu(x)
+  return x[..., 0]

@@ -1,0 +1,132 @@
+"""The IAI model: ResNet -> Hybrid Association Block -> FPN -> CondInst heads.
+
+The training step and the online loop share three pure functions, reached
+with ``model.apply(variables, ..., method=...)``:
+
+* :meth:`IAI.encode`: backbone on any number of frames at once;
+* :meth:`IAI.associate`: one association step of one frame (memory in, C5'
+  and the frame's cache out), usable as the body of ``jax.lax.scan``;
+  :meth:`IAI.write_memory` turns the cache and the frame's ID mask into the
+  next memory;
+* :meth:`IAI.decode`: FPN and heads on any number of frames at once.
+
+Parameter groups (top level of ``params``): backbone, association, fpn,
+head, mask_branch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from iai_jax import config_lib
+from iai_jax.models.association import AssociationBlock, Memory
+from iai_jax.models.condinst import CondInstHead, FPN, MaskBranch
+from iai_jax.models.resnet import ResNet, frozen_param_mask
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class IAI(nn.Module):
+  config: ml_collections.FrozenConfigDict  # the ``model`` section
+  bn_axis_name: str | None = None  # mask-branch BatchNorm sync axis
+
+  def setup(self):
+    m = self.config
+    dt = DTYPES[m.dtype]
+    a = m.association
+    self.backbone = ResNet(m.backbone.depth, m.backbone.width, dtype=dt)
+    self.association = AssociationBlock(
+        num_ids=m.max_obj_num, c5_channels=config_lib.c5_channels(m),
+        d_model=a.d_model, num_layers=a.num_layers, self_heads=a.self_heads,
+        att_heads=a.att_heads, ffn_dim=a.ffn_dim, gn_groups=a.gn_groups,
+        max_dis=a.max_dis, droppath=a.droppath,
+        id_bank_kernel=a.id_bank_kernel, global_slots=a.global_slots,
+        global_interval=a.global_interval, dtype=dt)
+    self.fpn = FPN(m.fpn.channels, dtype=dt)
+    self.head = CondInstHead(
+        num_classes=m.num_classes, num_ids=m.max_obj_num,
+        strides=tuple(m.fpn.strides), channels=m.head.channels,
+        num_convs=m.head.num_convs, num_id_convs=m.head.id_convs,
+        gn_groups=m.head.gn_groups, prior_prob=m.head.prior_prob, dtype=dt)
+    self.mask_branch = MaskBranch(
+        m.mask_branch.channels, m.mask_branch.num_convs,
+        m.mask_branch.out_channels, m.mask_branch.bn_momentum,
+        axis_name=self.bn_axis_name, dtype=dt)
+
+  def encode(self, images):
+    """(F, H, W, 3) normalised frames -> {'c3', 'c4', 'c5'}."""
+    return self.backbone(images)
+
+  def associate(self, c5, memory: Memory, deterministic: bool = True):
+    """(B, h, w, C5), memory -> (C5', cache). See AssociationBlock."""
+    return self.association(c5, memory, deterministic)
+
+  def write_memory(self, memory: Memory, cache, id_mask, new_instance):
+    return self.association.write(memory, cache, id_mask, new_instance)
+
+  def decode(self, c3, c4, c5p, train: bool = False):
+    """FPN + heads. Returns per-level lists 'cls', 'id', 'reg', 'ctr',
+    'ctrl' of (F, h_l, w_l, .) and 'mask_feats' (F, H/8, W/8, 8)."""
+    feats = self.fpn([c3, c4, c5p])
+    out = self.head(feats)
+    out['mask_feats'] = self.mask_branch(feats[:3], train=train)
+    return out
+
+  def init_memory(self, batch: int, image_size) -> Memory:
+    h, w = image_size
+    return self.association.init_memory(batch, (h // 32, w // 32))
+
+  def __call__(self, images, train: bool = False):
+    """One frame per batch element through every part (used by ``init``)."""
+    b, h, w, _ = images.shape
+    feats = self.encode(images)
+    memory = self.init_memory(b, (h, w))
+    c5p, cache = self.associate(feats['c5'], memory, deterministic=not train)
+    id_mask = jnp.zeros((b, h, w, self.config.max_obj_num + 1), jnp.float32)
+    memory = self.write_memory(memory, cache, id_mask,
+                               jnp.zeros((b,), bool))
+    return self.decode(feats['c3'], feats['c4'], c5p, train=train), memory
+
+
+def build_model(model_cfg, bn_axis_name: str | None = None) -> IAI:
+  frozen = ml_collections.FrozenConfigDict(model_cfg)
+  return IAI(frozen, bn_axis_name=bn_axis_name)
+
+
+def init_variables(model: IAI, rng, image_size=(64, 64)):
+  """Parameters and BatchNorm statistics (shapes do not depend on size)."""
+  images = jnp.zeros((1, *image_size, 3), jnp.float32)
+  return model.init({'params': rng, 'dropout': rng}, images)
+
+
+def abstract_variables(model: IAI, image_size=(64, 64)):
+  """Shapes and dtypes of the variables, without allocating them."""
+  return jax.eval_shape(lambda r: init_variables(model, r, image_size),
+                        jax.random.key(0))
+
+
+def normalize_images(images, input_cfg):
+  """uint8 RGB (..., H, W, 3) -> float32 normalised with the config's stats."""
+  mean = jnp.asarray(input_cfg.mean, jnp.float32)
+  std = jnp.asarray(input_cfg.std, jnp.float32)
+  return (jnp.asarray(images, jnp.float32) - mean) / std
+
+
+def trainable_mask(params, model_cfg):
+  """Pytree of bools: False for the frozen backbone parts and frozen BN."""
+  mask = jax.tree_util.tree_map(lambda _: True, params)
+  mask = dict(mask)
+  frozen = frozen_param_mask(params['backbone'],
+                             model_cfg.backbone.frozen_stages)
+  mask['backbone'] = jax.tree_util.tree_map(lambda f: not f, frozen)
+  return mask
+
+
+def count_params(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))

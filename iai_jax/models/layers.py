@@ -1,0 +1,180 @@
+"""Small building blocks shared by the IAI modules (all NHWC)."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@functools.lru_cache(maxsize=64)
+def aligned_bilinear_matrix(n: int, factor: int) -> np.ndarray:
+  """(factor*n, n) matrix of CondInst's aligned bilinear upsampling on one axis.
+
+  The operation: pad one replicate sample at the end, bilinear interpolation
+  with align_corners=True to factor*n+1 samples (sample i sits at input
+  position i/factor), pad factor//2 replicate samples at the start, keep the
+  first factor*n.  Output sample i therefore reads the padded input at
+  position max(i - factor//2, 0) / factor, and the padded sample n is sample
+  n-1 again.
+  """
+  out = np.zeros((factor * n, n), np.float64)
+  for i in range(factor * n):
+    pos = max(i - factor // 2, 0) / factor
+    lo = int(math.floor(pos))
+    frac = pos - lo
+    out[i, min(lo, n - 1)] += 1.0 - frac
+    if frac > 0:
+      out[i, min(lo + 1, n - 1)] += frac
+  return out.astype(np.float32)
+
+
+def aligned_bilinear(x: jax.Array, factor: int) -> jax.Array:
+  """Upsample (B, H, W, C) by an integer ``factor`` as CondInst does."""
+  if factor == 1:
+    return x
+  _, h, w, _ = x.shape
+  rows = jnp.asarray(aligned_bilinear_matrix(h, factor), x.dtype)
+  cols = jnp.asarray(aligned_bilinear_matrix(w, factor), x.dtype)
+  x = jnp.einsum('ih,bhwc->biwc', rows, x)
+  return jnp.einsum('jw,biwc->bijc', cols, x)
+
+
+@functools.lru_cache(maxsize=64)
+def sine_position_embedding(h: int, w: int, num_feats: int,
+                            temperature: float = 10000.0,
+                            scale: float = 2 * math.pi) -> np.ndarray:
+  """(h, w, 2*num_feats) sine embedding: y features first, then x.
+
+  Coordinates run 0..h-1 (0..w-1), are normalised by the last one and scaled
+  by ``scale``; feature 2k is sin(c / t_k), feature 2k+1 is cos(c / t_k) with
+  t_k = temperature ** (2k / num_feats).
+  """
+  eps = 1e-6
+  y = np.arange(h, dtype=np.float64) / ((h - 1) + eps) * scale
+  x = np.arange(w, dtype=np.float64) / ((w - 1) + eps) * scale
+  dim_t = temperature ** (2 * (np.arange(num_feats) // 2) / num_feats)
+
+  def embed(c):
+    p = c[:, None] / dim_t[None, :]
+    out = np.empty_like(p)
+    out[:, 0::2] = np.sin(p[:, 0::2])
+    out[:, 1::2] = np.cos(p[:, 1::2])
+    return out
+
+  ey, ex = embed(y), embed(x)
+  pos = np.concatenate([np.broadcast_to(ey[:, None, :], (h, w, num_feats)),
+                        np.broadcast_to(ex[None, :, :], (h, w, num_feats))],
+                       axis=-1)
+  return pos.astype(np.float32)
+
+
+class GCT(nn.Module):
+  """Gated channel transformation (l2 mode) on a (B, H, W, C) map."""
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    alpha = self.param('alpha', nn.initializers.ones, (c,))
+    gamma = self.param('gamma', nn.initializers.zeros, (c,))
+    beta = self.param('beta', nn.initializers.zeros, (c,))
+    xf = x.astype(jnp.float32)
+    embedding = jnp.sqrt(jnp.sum(xf * xf, axis=(1, 2), keepdims=True)
+                         + self.epsilon) * alpha
+    norm = gamma / jnp.sqrt(jnp.mean(embedding * embedding, axis=-1,
+                                     keepdims=True) + self.epsilon)
+    gate = 1.0 + jnp.tanh(embedding * norm + beta)
+    return (xf * gate).astype(x.dtype)
+
+
+def drop_path(module: nn.Module, x: jax.Array, rate: float,
+              deterministic: bool) -> jax.Array:
+  """Stochastic depth: drop the whole branch per sample (axis 0)."""
+  if deterministic or rate == 0.0:
+    return x
+  keep = 1.0 - rate
+  rng = module.make_rng('dropout')
+  mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def local_window_index(h: int, w: int, max_dis: int):
+  """Index maps between a (h*w, h*w) attention matrix and 15x15 windows.
+
+  Returns ``(offset_of, key_of)``:
+    offset_of[i, j]: window offset index (dy+max_dis)*win + (dx+max_dis) of
+      key j seen from query i, or -1 when j is outside i's window;
+    key_of[i, o]: key position at offset o from query i, or -1 when that
+      position lies outside the frame.
+  """
+  win = 2 * max_dis + 1
+  ys, xs = np.divmod(np.arange(h * w), w)
+  dy = ys[None, :] - ys[:, None]
+  dx = xs[None, :] - xs[:, None]
+  inside = (np.abs(dy) <= max_dis) & (np.abs(dx) <= max_dis)
+  offset_of = np.where(inside, (dy + max_dis) * win + (dx + max_dis), -1)
+  oy, ox = np.divmod(np.arange(win * win), win)
+  ky = ys[:, None] + oy[None, :] - max_dis
+  kx = xs[:, None] + ox[None, :] - max_dis
+  valid = (ky >= 0) & (ky < h) & (kx >= 0) & (kx < w)
+  key_of = np.where(valid, ky * w + kx, -1)
+  return offset_of.astype(np.int32), key_of.astype(np.int32)
+
+
+def masked_softmax(logits: jax.Array, valid: jax.Array) -> jax.Array:
+  logits = jnp.where(valid, logits.astype(jnp.float32), -1e30)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def local_attention(q, k, v, rel_bias, value_bias, size_2d, max_dis):
+  """Windowed (short-term) attention of the LSTT layer.
+
+  Args:
+    q, k, v: (B, h*w, heads, dh); ``q`` unscaled.
+    rel_bias: (B, h*w, heads, win*win) query-dependent relative logits.
+    value_bias: (heads, dh, win*win) learned per-offset value bias.
+    size_2d: (h, w).
+    max_dis: window radius (7 -> 15x15).
+
+  Query i attends to the keys within max_dis rows and columns of it; keys
+  outside the frame are masked.  Written as a dense banded attention over
+  all h*w keys so that it is two matmuls plus static gathers.
+  """
+  h, w = size_2d
+  dh = q.shape[-1]
+  offset_of, key_of = local_window_index(h, w, max_dis)
+  in_window = jnp.asarray(offset_of >= 0)
+  logits = jnp.einsum('bqhc,bkhc->bhqk', q, k).astype(jnp.float32)
+  logits = logits / math.sqrt(dh)
+  rel = jnp.transpose(rel_bias, (0, 2, 1, 3)).astype(jnp.float32)  # b h q o
+  idx = jnp.asarray(np.maximum(offset_of, 0))
+  rel_dense = jnp.take_along_axis(
+      rel, jnp.broadcast_to(idx, rel.shape[:2] + idx.shape), axis=-1)
+  attn = masked_softmax(logits + rel_dense, in_window)
+  out = jnp.einsum('bhqk,bkhc->bqhc', attn.astype(v.dtype), v)
+  # value bias: weight of each window offset, gathered back from the matrix
+  kidx = jnp.asarray(np.maximum(key_of, 0))
+  attn_win = jnp.take_along_axis(
+      attn, jnp.broadcast_to(kidx, attn.shape[:2] + kidx.shape), axis=-1)
+  attn_win = jnp.where(jnp.asarray(key_of >= 0), attn_win, 0.0)
+  out = out + jnp.einsum('bhqo,hco->bqhc', attn_win,
+                         value_bias.astype(jnp.float32)).astype(out.dtype)
+  return out
+
+
+def global_attention(q, k, v, valid):
+  """Plain multi-head attention with scaling 1/sqrt(dh) and a key mask.
+
+  q: (B, Lq, heads, dh); k, v: (B, Lk, heads, dh); valid: (B, Lk) bool.
+  """
+  dh = q.shape[-1]
+  logits = jnp.einsum('bqhc,bkhc->bhqk', q, k).astype(jnp.float32)
+  logits = logits / math.sqrt(dh)
+  attn = masked_softmax(logits, valid[:, None, None, :])
+  return jnp.einsum('bhqk,bkhc->bqhc', attn.astype(v.dtype), v)

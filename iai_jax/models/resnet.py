@@ -1,0 +1,127 @@
+"""ResNet-18/34/50/101 backbone ("pytorch style") returning C3, C4, C5.
+
+Every BatchNorm is frozen: it normalises with its running statistics (the
+``batch_stats`` collection) and its affine parameters are not trained; the
+optimiser masks them out with :func:`frozen_param_mask`.  Padding is explicit
+and symmetric as in torch, so converted weights give the same features.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
+                101: (3, 4, 23, 3)}
+
+_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _conv(features, kernel, stride, name, dtype):
+  pad = kernel // 2
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((pad, pad), (pad, pad)), use_bias=False,
+                 kernel_init=_conv_init, dtype=dtype, name=name)
+
+
+def _frozen_bn(name, dtype):
+  return nn.BatchNorm(use_running_average=True, momentum=0.9, epsilon=1e-5,
+                      dtype=dtype, name=name)
+
+
+class Bottleneck(nn.Module):
+  planes: int
+  stride: int
+  downsample: bool
+  dtype: Any = jnp.float32
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x):
+    out = nn.relu(_frozen_bn('bn1', self.dtype)(
+        _conv(self.planes, 1, 1, 'conv1', self.dtype)(x)))
+    out = nn.relu(_frozen_bn('bn2', self.dtype)(
+        _conv(self.planes, 3, self.stride, 'conv2', self.dtype)(out)))
+    out = _frozen_bn('bn3', self.dtype)(
+        _conv(self.planes * 4, 1, 1, 'conv3', self.dtype)(out))
+    if self.downsample:
+      x = _frozen_bn('downsample_bn', self.dtype)(
+          _conv(self.planes * 4, 1, self.stride, 'downsample_conv',
+                self.dtype)(x))
+    return nn.relu(out + x)
+
+
+class BasicBlock(nn.Module):
+  planes: int
+  stride: int
+  downsample: bool
+  dtype: Any = jnp.float32
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x):
+    out = nn.relu(_frozen_bn('bn1', self.dtype)(
+        _conv(self.planes, 3, self.stride, 'conv1', self.dtype)(x)))
+    out = _frozen_bn('bn2', self.dtype)(
+        _conv(self.planes, 3, 1, 'conv2', self.dtype)(out))
+    if self.downsample:
+      x = _frozen_bn('downsample_bn', self.dtype)(
+          _conv(self.planes, 1, self.stride, 'downsample_conv',
+                self.dtype)(x))
+    return nn.relu(out + x)
+
+
+class ResNet(nn.Module):
+  """Returns {'c3', 'c4', 'c5'} (strides 8, 16, 32)."""
+  depth: int = 50
+  width: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    block = BasicBlock if self.depth in (18, 34) else Bottleneck
+    x = x.astype(self.dtype)
+    x = _conv(self.width, 7, 2, 'conv1', self.dtype)(x)
+    x = nn.relu(_frozen_bn('bn1', self.dtype)(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    outs = {}
+    in_ch = self.width
+    for stage, n_blocks in enumerate(STAGE_BLOCKS[self.depth]):
+      planes = self.width * 2 ** stage
+      for b in range(n_blocks):
+        stride = 2 if (b == 0 and stage > 0) else 1
+        down = b == 0 and (stride != 1 or in_ch != planes * block.expansion)
+        x = block(planes, stride, down, dtype=self.dtype,
+                  name=f'layer{stage + 1}_{b}')(x)
+        in_ch = planes * block.expansion
+      if stage >= 1:
+        outs[f'c{stage + 2}'] = x
+    return outs
+
+
+def is_frozen_backbone_param(path: tuple[str, ...], frozen_stages: int) -> bool:
+  """Path is relative to the backbone's parameters."""
+  top = path[0]
+  if top in ('conv1', 'bn1'):
+    return frozen_stages >= 0
+  if top.startswith('layer'):
+    stage = int(top[len('layer'):].split('_')[0])
+    if stage <= frozen_stages:
+      return True
+  # every BatchNorm's affine parameters are frozen ("frozen BN")
+  return any(p == 'bn1' or p.startswith('bn') or p == 'downsample_bn'
+             for p in path[1:2])
+
+
+def frozen_param_mask(params, frozen_stages: int = 1):
+  """Pytree of bools over ``params['backbone']``: True = not trained."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  treedef = jax.tree_util.tree_structure(params)
+  leaves = []
+  for path, _ in flat:
+    names = tuple(p.key for p in path)
+    leaves.append(is_frozen_backbone_param(names, frozen_stages))
+  return jax.tree_util.tree_unflatten(treedef, leaves)
