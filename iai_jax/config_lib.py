@@ -133,7 +133,7 @@ def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
     # Same architecture, narrow and small: for CPU tests and quick runs.
     m = c.model
     m.backbone.depth = 18
-    m.backbone.width = 16
+    m.backbone.width = 32
     m.fpn.channels = 64
     m.head.channels = 64
     m.mask_branch.channels = 32

@@ -99,15 +99,19 @@ def build_model(model_cfg, bn_axis_name: str | None = None) -> IAI:
   return IAI(frozen, bn_axis_name=bn_axis_name)
 
 
-def init_variables(model: IAI, rng, image_size=(64, 64)):
-  """Parameters and BatchNorm statistics (shapes do not depend on size)."""
+def _init(model: IAI, rng, image_size):
   images = jnp.zeros((1, *image_size, 3), jnp.float32)
   return model.init({'params': rng, 'dropout': rng}, images)
 
 
+def init_variables(model: IAI, rng, image_size=(64, 64)):
+  """Parameters and BatchNorm statistics (shapes do not depend on size)."""
+  return jax.jit(_init, static_argnums=(0, 2))(model, rng, tuple(image_size))
+
+
 def abstract_variables(model: IAI, image_size=(64, 64)):
   """Shapes and dtypes of the variables, without allocating them."""
-  return jax.eval_shape(lambda r: init_variables(model, r, image_size),
+  return jax.eval_shape(lambda r: _init(model, r, tuple(image_size)),
                         jax.random.key(0))
 
 

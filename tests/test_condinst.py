@@ -1,0 +1,128 @@
+"""FPN, CondInst head, mask branch and the dynamic mask head."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from iai_jax.models import condinst as C
+
+
+def _conv_nhwc(x, kernel, bias, stride=1):
+  """Explicit numpy conv with symmetric 'same' padding, for references."""
+  kh, kw, cin, cout = kernel.shape
+  ph, pw = kh // 2, kw // 2
+  xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+  b, h, w, _ = x.shape
+  oh, ow = (h + 2 * ph - kh) // stride + 1, (w + 2 * pw - kw) // stride + 1
+  out = np.zeros((b, oh, ow, cout))
+  for i in range(oh):
+    for j in range(ow):
+      patch = xp[:, i * stride:i * stride + kh, j * stride:j * stride + kw]
+      out[:, i, j] = np.einsum('bhwc,hwco->bo', patch, kernel)
+  return out + (0 if bias is None else bias)
+
+
+def test_dynamic_mask_head_matches_per_instance_numpy():
+  rng = np.random.default_rng(0)
+  h, w = 6, 7
+  feats = rng.normal(size=(h, w, 8)).astype(np.float32)
+  k = 3
+  params = rng.normal(size=(k, 169)).astype(np.float32) * 0.5
+  locs = np.array([[4.0, 4.0], [28.0, 12.0], [52.0, 44.0]], np.float32)
+  strides = np.array([8, 16, 32], np.int32)
+  out = C.dynamic_mask_head(jnp.asarray(feats), jnp.asarray(params),
+                            jnp.asarray(locs), jnp.asarray(strides))
+  assert out.shape == (k, h, w)
+  for n in range(k):
+    p = params[n]
+    w0, w1, w2 = p[:80].reshape(8, 10), p[80:144].reshape(8, 8), p[144:152].reshape(1, 8)
+    b0, b1, b2 = p[152:160], p[160:168], p[168:169]
+    for y in range(h):
+      for x in range(w):
+        px, py = x * 8 + 4, y * 8 + 4
+        rel = np.array([(locs[n, 0] - px), (locs[n, 1] - py)]) / (strides[n] * 8)
+        z = np.concatenate([rel, feats[y, x]])
+        z = np.maximum(w0 @ z + b0, 0)
+        z = np.maximum(w1 @ z + b1, 0)
+        z = w2 @ z + b2
+        np.testing.assert_allclose(out[n, y, x], z[0], rtol=1e-4, atol=1e-4)
+
+
+def test_fpn_top_down_and_extra_levels():
+  rng = np.random.default_rng(1)
+  feats = [jnp.asarray(rng.normal(size=(1, 8 // s, 8 // s, c)), jnp.float32)
+           for s, c in ((1, 4), (2, 6), (4, 5))]
+  fpn = C.FPN(channels=3)
+  v = fpn.init(jax.random.key(0), feats)
+  outs = fpn.apply(v, feats)
+  assert [o.shape[1] for o in outs] == [8, 4, 2, 1, 1]
+  p = jax.tree_util.tree_map(np.asarray, v['params'])
+  lat = [np.einsum('bhwc,co->bhwo', np.asarray(f),
+                   p[f'lateral_{i}']['kernel'][0, 0]) + p[f'lateral_{i}']['bias']
+         for i, f in enumerate(feats)]
+  up = lambda a: a.repeat(2, axis=1).repeat(2, axis=2)
+  lat[1] = lat[1] + up(lat[2])
+  lat[0] = lat[0] + up(lat[1])
+  for i in range(3):
+    ref = _conv_nhwc(lat[i], p[f'output_{i}']['kernel'], p[f'output_{i}']['bias'])
+    np.testing.assert_allclose(outs[i], ref, rtol=1e-4, atol=1e-4)
+  # P6 from ReLU(P5 output), P7 from ReLU(P6)
+  p6 = _conv_nhwc(np.maximum(np.asarray(outs[2]), 0), p['output_3']['kernel'],
+                  p['output_3']['bias'], stride=2)
+  np.testing.assert_allclose(outs[3], p6, rtol=1e-4, atol=1e-4)
+  p7 = _conv_nhwc(np.maximum(p6, 0), p['output_4']['kernel'],
+                  p['output_4']['bias'], stride=2)
+  np.testing.assert_allclose(outs[4], p7, rtol=1e-4, atol=1e-4)
+
+
+def test_head_prior_and_box_scaling():
+  rng = np.random.default_rng(2)
+  feats = [jnp.asarray(rng.normal(size=(1, s, s, 32)), jnp.float32)
+           for s in (8, 4, 2, 1, 1)]
+  head = C.CondInstHead(num_classes=5, num_ids=7, channels=32, gn_groups=8)
+  v = head.init(jax.random.key(0), feats)
+  out = head.apply(v, feats)
+  # classifier and ID logits start at the 0.01 prior (tiny 0.01-std weights)
+  for key, n in (('cls', 5), ('id', 7)):
+    probs = jax.nn.sigmoid(jnp.concatenate([o.reshape(-1, n) for o in out[key]]))
+    np.testing.assert_allclose(probs.mean(), 0.01, atol=2e-3)
+  assert out['ctrl'][0].shape[-1] == 169
+  # regression = ReLU(scale_l * conv) * stride_l
+  params = jax.tree_util.tree_map(lambda x: x, v['params'])
+  params['scales'] = jnp.asarray([2.0, 1.0, 1.0, 1.0, -1.0])
+  out2 = head.apply({'params': params}, feats)
+  raw0 = out['reg'][0] / 8.0  # ReLU(conv) at scale 1
+  pos = np.asarray(raw0) > 0
+  np.testing.assert_allclose(np.asarray(out2['reg'][0])[pos],
+                             2 * np.asarray(out['reg'][0])[pos], rtol=1e-5)
+  # a negative scale flips the sign before the ReLU: never both positive
+  a, b = np.asarray(out['reg'][4]), np.asarray(out2['reg'][4])
+  assert not ((a > 0) & (b > 0)).any() and ((a > 0) | (b > 0)).any()
+
+
+def test_mask_branch_batchnorm_train_vs_eval():
+  rng = np.random.default_rng(3)
+  feats = [jnp.asarray(rng.normal(size=(2, s, s, 16)) * 3 + 1, jnp.float32)
+           for s in (8, 4, 2)]
+  mb = C.MaskBranch(channels=8, num_convs=2)
+  v = mb.init(jax.random.key(0), feats)
+  assert mb.apply(v, feats).shape == (2, 8, 8, 8)
+  out, upd = mb.apply(v, feats, train=True, mutable=['batch_stats'])
+  # running statistics move towards the batch statistics
+  before = v['batch_stats']['refine_0_bn']['mean']
+  after = upd['batch_stats']['refine_0_bn']['mean']
+  assert not np.allclose(before, after)
+  # in training the result for sample 0 depends on sample 1; in eval it doesn't
+  eval0 = mb.apply(v, [f[:1] for f in feats])
+  np.testing.assert_allclose(mb.apply(v, feats)[:1], eval0, atol=1e-5)
+  train0, _ = mb.apply(v, [f[:1] for f in feats], train=True,
+                       mutable=['batch_stats'])
+  assert not np.allclose(out[:1], train0, atol=1e-3)
+
+
+def test_grid_locations_are_pixel_centres():
+  loc = C.grid_locations(2, 3, 8)
+  np.testing.assert_array_equal(loc, [[4, 4], [12, 4], [20, 4],
+                                      [4, 12], [12, 12], [20, 12]])

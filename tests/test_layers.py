@@ -1,0 +1,169 @@
+"""Building blocks against hand-worked values and brute-force numpy."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from iai_jax.models import layers as L
+
+
+# ---------------------------------------------------------------- aligned bilinear
+def test_aligned_bilinear_hand_values():
+  # [0, 1], x2: pad -> [0, 1, 1]; align-corners samples at 0, .5, 1, 1.5, 2
+  # -> [0, .5, 1, 1, 1]; pad one at the front -> [0, 0, .5, 1, 1, 1]; keep 4.
+  x = jnp.asarray([0.0, 1.0]).reshape(1, 2, 1, 1)
+  out = L.aligned_bilinear(x, 2)[0, :, 0, 0]
+  np.testing.assert_allclose(out, [0, 0, 0.5, 1], atol=1e-6)
+  # [0, 4], x4: samples at 0, .25, ..., 2 of [0, 4, 4] -> 0 1 2 3 4 4 4 4 4;
+  # pad two at the front and keep 8 -> 0 0 0 1 2 3 4 4.
+  x = jnp.asarray([0.0, 4.0]).reshape(1, 1, 2, 1)
+  out = L.aligned_bilinear(x, 4)[0, 0, :, 0]
+  np.testing.assert_allclose(out, [0, 0, 0, 1, 2, 3, 4, 4], atol=1e-6)
+
+
+def _torch_style_aligned_bilinear_1d(v, f):
+  """The recipe step by step: replicate pad, align-corners resize, pad, crop."""
+  n = len(v)
+  padded = np.concatenate([v, v[-1:]])
+  out_len = f * n + 1
+  pos = np.arange(out_len) * (len(padded) - 1) / (out_len - 1)
+  resized = np.interp(pos, np.arange(len(padded)), padded)
+  resized = np.concatenate([np.repeat(resized[:1], f // 2), resized])
+  return resized[:f * n]
+
+
+@pytest.mark.parametrize('factor', [2, 4, 8])
+def test_aligned_bilinear_matches_recipe_2d(factor):
+  rng = np.random.default_rng(factor)
+  x = rng.normal(size=(3, 5)).astype(np.float32)
+  rows = np.stack([_torch_style_aligned_bilinear_1d(r, factor) for r in x])
+  ref = np.stack([_torch_style_aligned_bilinear_1d(c, factor)
+                  for c in rows.T]).T
+  out = L.aligned_bilinear(jnp.asarray(x)[None, :, :, None], factor)
+  np.testing.assert_allclose(out[0, :, :, 0], ref, atol=1e-5)
+
+
+# ---------------------------------------------------------------- position
+def test_sine_position_embedding_hand_values():
+  pos = L.sine_position_embedding(2, 3, 4)
+  assert pos.shape == (2, 3, 8)
+  two_pi = 2 * math.pi
+  # y = 1 -> 2*pi (normalised by the last row); t = [1, 1, 100, 100]
+  np.testing.assert_allclose(
+      pos[1, 0, :4], [math.sin(two_pi), math.cos(two_pi),
+                      math.sin(two_pi / 100), math.cos(two_pi / 100)],
+      atol=1e-5)
+  # x = 1 of 0..2 -> pi
+  np.testing.assert_allclose(
+      pos[0, 1, 4:], [0.0, -1.0, math.sin(math.pi / 100),
+                      math.cos(math.pi / 100)], atol=1e-5)
+  # origin: sin 0 = 0, cos 0 = 1 for every frequency
+  np.testing.assert_allclose(pos[0, 0], [0, 1, 0, 1, 0, 1, 0, 1], atol=1e-6)
+
+
+# ---------------------------------------------------------------- GCT
+def test_gct_matches_formula():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 4, 5, 6)).astype(np.float32)
+  alpha, gamma, beta = (rng.normal(size=6).astype(np.float32) for _ in range(3))
+  params = {'params': {'alpha': alpha, 'gamma': gamma, 'beta': beta}}
+  out = L.GCT().apply(params, jnp.asarray(x))
+  eps = 1e-5
+  ref = np.empty_like(x)
+  for b in range(2):
+    emb = np.sqrt((x[b] ** 2).sum(axis=(0, 1)) + eps) * alpha
+    norm = gamma / np.sqrt((emb ** 2).mean() + eps)
+    ref[b] = x[b] * (1 + np.tanh(emb * norm + beta))
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  # at initialisation (alpha 1, gamma 0, beta 0) the gate is exactly 1
+  init = L.GCT().init(jax.random.key(0), jnp.asarray(x))
+  np.testing.assert_allclose(L.GCT().apply(init, jnp.asarray(x)), x, atol=1e-6)
+
+
+# ---------------------------------------------------------------- attention
+def _brute_local_attention(q, k, v, rel, vbias, h, w, r):
+  """Loop over every query and every window offset (numpy, float64)."""
+  b, _, heads, dh = q.shape
+  win = 2 * r + 1
+  out = np.zeros(q.shape, np.float64)
+  for bi in range(b):
+    for hd in range(heads):
+      for qy in range(h):
+        for qx in range(w):
+          i = qy * w + qx
+          logits, vals = [], []
+          for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+              ky, kx = qy + dy, qx + dx
+              if not (0 <= ky < h and 0 <= kx < w):
+                continue
+              o = (dy + r) * win + (dx + r)
+              j = ky * w + kx
+              logits.append(q[bi, i, hd] @ k[bi, j, hd] / math.sqrt(dh)
+                            + rel[bi, i, hd, o])
+              vals.append(v[bi, j, hd] + vbias[hd, :, o])
+          logits = np.asarray(logits)
+          p = np.exp(logits - logits.max())
+          p /= p.sum()
+          out[bi, i, hd] = p @ np.asarray(vals)
+  return out
+
+
+@pytest.mark.parametrize('h,w,r', [(5, 6, 2), (4, 9, 7), (1, 3, 1)])
+def test_local_attention_matches_window_loop(h, w, r):
+  rng = np.random.default_rng(h * 100 + w)
+  b, heads, dh = 2, 2, 3
+  win = (2 * r + 1) ** 2
+  q, k, v = (rng.normal(size=(b, h * w, heads, dh)) for _ in range(3))
+  rel = rng.normal(size=(b, h * w, heads, win))
+  vbias = rng.normal(size=(heads, dh, win))
+  out = L.local_attention(*(jnp.asarray(a, jnp.float32)
+                            for a in (q, k, v, rel, vbias)), (h, w), r)
+  ref = _brute_local_attention(q, k, v, rel, vbias, h, w, r)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_global_attention_ignores_invalid_keys():
+  rng = np.random.default_rng(1)
+  q = rng.normal(size=(1, 4, 2, 3))
+  k = rng.normal(size=(1, 6, 2, 3))
+  v = rng.normal(size=(1, 6, 2, 3))
+  valid = np.array([[True, False, True, True, False, True]])
+  out = L.global_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+                           jnp.asarray(valid))
+  keep = valid[0]
+  logits = np.einsum('qhc,khc->hqk', q[0], k[0, keep]) / math.sqrt(3)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  ref = np.einsum('hqk,khc->qhc', p, v[0, keep])
+  np.testing.assert_allclose(out[0], ref, rtol=1e-5, atol=1e-6)
+  # garbage in the invalid keys changes nothing
+  k2, v2 = k.copy(), v.copy()
+  k2[0, ~keep] = 1e3
+  v2[0, ~keep] = -1e3
+  out2 = L.global_attention(jnp.asarray(q), jnp.asarray(k2), jnp.asarray(v2),
+                            jnp.asarray(valid))
+  np.testing.assert_allclose(out2, out, atol=1e-6)
+
+
+class _Drop(nn.Module):
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic):
+    return L.drop_path(self, x, self.rate, deterministic)
+
+
+def test_drop_path_drops_whole_samples():
+  x = jnp.ones((64, 3, 4))
+  out = _Drop(0.5).apply({}, x, False, rngs={'dropout': jax.random.key(3)})
+  per_sample = np.asarray(out).reshape(64, -1)
+  # each sample is either dropped entirely or kept and scaled by 1/keep
+  assert set(np.unique(per_sample)) <= {0.0, 2.0}
+  assert (per_sample.min(1) == per_sample.max(1)).all()
+  assert 0 < (per_sample[:, 0] == 0).sum() < 64
+  np.testing.assert_array_equal(_Drop(0.5).apply({}, x, True), x)
