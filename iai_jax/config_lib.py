@@ -202,3 +202,30 @@ def padded_size(height: int, width: int, divisor: int = 32) -> tuple[int, int]:
   """Size after padding to a multiple of ``divisor`` (360x640 -> 384x640)."""
   return (int(math.ceil(height / divisor) * divisor),
           int(math.ceil(width / divisor) * divisor))
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Load ``path/to/config.py[:variants]`` the way ``--config=`` does."""
+  import importlib.util
+  import os
+  path, _, arg = spec.partition(':')
+  if not os.path.isfile(path):
+    raise ValueError(f'config file {path!r} not found; pass e.g. '
+                     '--config=configs/ytvis19.py')
+  module_spec = importlib.util.spec_from_file_location('_iai_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def check_override_key(config: ml_collections.ConfigDict, dotted: str) -> None:
+  """Raise ValueError naming ``dotted`` when it is not a key of ``config``."""
+  node, walked = config, []
+  for part in dotted.split('.'):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      where = '.'.join(walked) or 'the top level'
+      keys = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      raise ValueError(f'unknown config key {dotted!r}: {where} has no '
+                       f'{part!r}; known keys there: {", ".join(keys)}')
+    node = node[part]
+    walked.append(part)

@@ -249,10 +249,6 @@ class AssociationBlock(nn.Module):
         for i in range(self.num_layers)]
     self.final_norm = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)
 
-  def init_memory(self, batch: int, size_2d) -> Memory:
-    return init_memory(self.num_layers, batch, size_2d, self.d_model,
-                       self.global_slots, self.dtype)
-
   def __call__(self, c5, memory: Memory, deterministic: bool = True):
     """One association step for one frame.
 

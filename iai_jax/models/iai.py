@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from iai_jax import config_lib
-from iai_jax.models.association import AssociationBlock, Memory
+from iai_jax.models.association import AssociationBlock, Memory, init_memory
 from iai_jax.models.condinst import CondInstHead, FPN, MaskBranch
 from iai_jax.models.resnet import ResNet, frozen_param_mask
 
@@ -79,8 +79,7 @@ class IAI(nn.Module):
     return out
 
   def init_memory(self, batch: int, image_size) -> Memory:
-    h, w = image_size
-    return self.association.init_memory(batch, (h // 32, w // 32))
+    return empty_memory(self.config, batch, image_size)
 
   def __call__(self, images, train: bool = False):
     """One frame per batch element through every part (used by ``init``)."""
@@ -92,6 +91,14 @@ class IAI(nn.Module):
     memory = self.write_memory(memory, cache, id_mask,
                                jnp.zeros((b,), bool))
     return self.decode(feats['c3'], feats['c4'], c5p, train=train), memory
+
+
+def empty_memory(model_cfg, batch: int, image_size) -> Memory:
+  """The memory before a video's first frame, for padded ``image_size``."""
+  a = model_cfg.association
+  h, w = image_size
+  return init_memory(a.num_layers, batch, (h // 32, w // 32), a.d_model,
+                     a.global_slots, DTYPES[model_cfg.dtype])
 
 
 def build_model(model_cfg, bn_axis_name: str | None = None) -> IAI:

@@ -1,0 +1,218 @@
+"""The whole model: parameter counts, frozen parts, dtypes, the online loop."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from iai_jax import config_lib
+from iai_jax.models import (build_model, count_params, abstract_variables,
+                            init_variables, trainable_mask)
+from iai_jax.models.resnet import ResNet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TSV = os.path.join(REPO, 'tests', 'data', 'authors-r50-ytvis19-state-dict.tsv')
+
+
+def _reference_counts():
+  with open(TSV) as f:
+    rows = list(csv.DictReader(f, delimiter='\t'))
+  return {r['key']: int(r['numel']) for r in rows if r['kind'] == 'param'}
+
+
+# our parameter sub-trees -> the authors' state-dict prefixes
+GROUPS = {
+    'backbone': [('backbone',)],
+    'encoder_projector': [('association', 'encoder_projector')],
+    'backbone_projector': [('association', 'cls_projector')],
+    'lstt.patch_wise_id_bank': [('association', 'id_bank')],
+    'lstt.LSTT.layers.0': [('association', 'layers_0')],
+    'lstt.LSTT.decoder_norms': [('association', 'final_norm')],
+    'neck.lateral_convs': [('fpn', f'lateral_{i}') for i in range(3)],
+    'neck.fpn_convs': [('fpn', f'output_{i}') for i in range(5)],
+    'bbox_head.cls_convs': [('head', f'cls_convs_{i}') for i in range(4)],
+    'bbox_head.reg_convs': [('head', f'reg_convs_{i}') for i in range(4)],
+    'bbox_head.id_convs': [('head', 'id_convs_0')],
+    'bbox_head.conv_cls': [('head', 'conv_cls')],
+    'bbox_head.conv_id': [('head', 'conv_id')],
+    'bbox_head.conv_reg': [('head', 'conv_reg')],
+    'bbox_head.conv_centerness': [('head', 'conv_centerness')],
+    'bbox_head.controller': [('head', 'controller')],
+    'bbox_head.scales': [('head', 'scales')],
+    'bbox_head.mask_refine': [('mask_branch', f'refine_{i}_{p}')
+                              for i in range(3) for p in ('conv', 'bn')],
+    'bbox_head.mask_head': [('mask_branch', f'tower_{i}_{p}')
+                            for i in range(4) for p in ('conv', 'bn')]
+                           + [('mask_branch', 'tower_out')],
+}
+
+
+@pytest.fixture(scope='module')
+def r50_params():
+  cfg = config_lib.make_config('ytvis19')
+  return abstract_variables(build_model(cfg.model))['params']
+
+
+def test_parameter_count_matches_authors_model(r50_params):
+  ref = _reference_counts()
+  assert sum(ref.values()) == 45_433_337
+  assert count_params(r50_params) == 45_433_337
+  covered = 0
+  for prefix, paths in GROUPS.items():
+    want = sum(n for k, n in ref.items() if k.startswith(prefix + '.'))
+    got = 0
+    for path in paths:
+      node = r50_params
+      for p in path:
+        node = node[p]
+      got += count_params(node)
+    assert got == want, f'{prefix}: ours {got:,} vs authors {want:,}'
+    covered += want
+  assert covered == sum(ref.values())  # every authors' parameter is in a group
+
+
+def test_ovis_and_r101_configs():
+  ovis = config_lib.make_config('ovis')
+  assert (ovis.model.max_obj_num, ovis.model.num_classes,
+          ovis.infer.max_per_img) == (25, 25, 50)
+  p = abstract_variables(build_model(ovis.model))['params']
+  assert p['head']['conv_id']['kernel'].shape[-1] == 25
+  assert p['association']['id_bank']['kernel'].shape == (33, 33, 26, 256)
+  r101 = config_lib.make_config('ytvis21', 'r101,ms')
+  assert r101.model.backbone.depth == 101
+  assert r101.input.train_max_long == 960
+
+
+@pytest.mark.parametrize('depth,count', [(18, 11_176_512), (34, 21_284_672),
+                                         (50, 23_508_032), (101, 42_500_160)])
+def test_resnet_sizes_match_torchvision(depth, count):
+  # torchvision's resnet{depth} parameter counts without the fc layer
+  v = jax.eval_shape(lambda: ResNet(depth).init(jax.random.key(0),
+                                                jnp.zeros((1, 64, 64, 3))))
+  assert count_params(v['params']) == count
+  out = jax.eval_shape(lambda v: ResNet(depth).apply(v, jnp.zeros((1, 64, 96, 3))), v)
+  ch = 512 if depth < 50 else 2048
+  assert out['c5'].shape == (1, 2, 3, ch)
+  assert out['c3'].shape == (1, 8, 12, ch // 4)
+
+
+def test_frozen_parts(r50_params):
+  mask = trainable_mask(r50_params, config_lib.make_config('ytvis19').model)
+  b = mask['backbone']
+  assert not b['conv1']['kernel'] and not b['bn1']['scale']
+  assert not b['layer1_0']['conv2']['kernel']
+  assert b['layer2_0']['conv2']['kernel'] and b['layer4_2']['conv3']['kernel']
+  assert not b['layer3_1']['bn2']['scale'] and not b['layer2_0']['downsample_bn']['bias']
+  assert b['layer2_0']['downsample_conv']['kernel']
+  assert all(jax.tree_util.tree_leaves(mask['head']))
+  frozen = sum(int(np.prod(x.shape)) for x, m in zip(
+      jax.tree_util.tree_leaves(r50_params), jax.tree_util.tree_leaves(mask)) if not m)
+  # stem conv + BN, stage 1 (215,808 incl. its BN) and every other BN affine
+  assert 0 < frozen < 300_000
+
+
+def test_backbone_batchnorm_uses_running_statistics():
+  net = ResNet(18, width=8)
+  x = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
+  v = net.init(jax.random.key(1), x)
+  stats = jax.tree_util.tree_map(lambda s: s + 0.3, v['batch_stats'])
+  v = {'params': v['params'], 'batch_stats': stats}
+  alone = net.apply(v, x[:1])['c5']
+  together = net.apply(v, x)['c5'][:1]
+  np.testing.assert_allclose(alone, together, atol=1e-5)
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  cfg = config_lib.make_config('ytvis19', 'tiny')
+  model = build_model(cfg.model)
+  return cfg, model, init_variables(model, jax.random.key(0))
+
+
+def test_bf16_switch_keeps_fp32_params(tiny):
+  cfg, model, variables = tiny
+  x = jax.random.normal(jax.random.key(2), (1, 64, 96, 3))
+  out32, _ = jax.jit(model.apply)(variables, x)
+  cfg16 = config_lib.make_config('ytvis19', 'tiny,bf16')
+  model16 = build_model(cfg16.model)
+  v16 = init_variables(model16, jax.random.key(0))
+  assert all(l.dtype == jnp.float32 for l in jax.tree_util.tree_leaves(v16['params']))
+  out16, mem16 = jax.jit(model16.apply)(variables, x)
+  assert mem16.local_k.dtype == jnp.bfloat16
+  for key in ('cls', 'ctr', 'reg'):
+    a = np.concatenate([o.ravel() for o in out32[key]])
+    b = np.concatenate([np.asarray(o, np.float32).ravel() for o in out16[key]])
+    assert np.isfinite(b).all()
+    # same network, lower precision: close, not equal
+    assert np.abs(a - b).max() < 0.05 * (np.abs(a).max() + 1)
+    assert not np.array_equal(a, b)
+
+
+def test_online_loop_over_100_frames_compiles_once(tiny):
+  cfg, model, variables = tiny
+  traces = []
+
+  @jax.jit
+  def frame(variables, image, memory, id_mask, new):
+    traces.append(1)
+    feats = model.apply(variables, image, method=model.encode)
+    c5p, cache = model.apply(variables, feats['c5'], memory, method=model.associate)
+    out = model.apply(variables, feats['c3'], feats['c4'], c5p, method=model.decode)
+    memory = model.apply(variables, memory, cache, id_mask, new,
+                         method=model.write_memory)
+    return out['cls'][0], memory
+
+  h, w = 64, 96
+  memory = model.apply(variables, 1, (h, w), method=model.init_memory)
+  images = jax.random.normal(jax.random.key(3), (4, 1, h, w, 3))
+  id_mask = jnp.zeros((1, h, w, cfg.model.max_obj_num + 1)).at[:, 8:30, 8:40, 0].set(1)
+  for t in range(100):
+    cls, memory = frame(variables, images[t % 4], memory, id_mask,
+                        jnp.asarray([t == 5]))
+  assert len(traces) == 1
+  assert int(memory.frame[0]) == 100
+  assert int(memory.global_valid.sum()) == cfg.model.association.global_slots
+  assert np.isfinite(np.asarray(cls)).all()
+
+
+def test_unknown_config_keys_and_variants_are_errors():
+  cfg = config_lib.make_config('ytvis19')
+  with pytest.raises(AttributeError):
+    cfg.model.not_a_key = 1
+  with pytest.raises(ValueError, match="unknown config key 'model.backbone.deep'"):
+    config_lib.check_override_key(cfg, 'model.backbone.deep')
+  config_lib.check_override_key(cfg, 'model.backbone.depth')
+  with pytest.raises(ValueError, match='unknown config variant'):
+    config_lib.make_config('ytvis19', 'tiny,huge')
+  with pytest.raises(ValueError, match='unknown dataset preset'):
+    config_lib.make_config('coco')
+
+
+def _main(*args):
+  return subprocess.run([sys.executable, '-m', 'iai_jax.main', *args],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_summary_command_json():
+  r = _main('--mode=summary', '--config=configs/ytvis19.py', '--json')
+  assert r.returncode == 0, r.stderr
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert out['total_params'] == 45_433_337
+  assert sum(out['groups'].values()) == out['total_params']
+  # R50 at 384x640: backbone alone is ~40 GFLOPs; the heads add more
+  assert 60 < out['gflops_per_frame'] < 400
+
+
+def test_summary_table_and_bad_override():
+  r = _main('--config=configs/ovis.py:tiny')
+  assert r.returncode == 0, r.stderr
+  assert 'total' in r.stdout and 'GFLOPs per frame at 96x160' in r.stdout
+  r = _main('--config=configs/ytvis19.py', '--config.model.nonsense=1')
+  assert r.returncode != 0
+  assert "unknown config key 'model.nonsense'" in r.stderr
