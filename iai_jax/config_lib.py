@@ -41,6 +41,28 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = dataset
   c.dataset.root = preset['root']
+  # Paths relative to ``root`` (absolute paths are used as they are).
+  c.dataset.train_json = 'train.json'
+  c.dataset.train_frames = 'train/JPEGImages'
+  c.dataset.val_json = 'valid.json'
+  c.dataset.val_frames = 'valid/JPEGImages'
+  # Local evaluation without public validation ground truth: a deterministic
+  # held-out fraction of the training videos (by video id, fixed seed).
+  c.dataset.heldout_fraction = 0.1
+  c.dataset.heldout_seed = 0
+  # Where the TFDS array_record files are written / read.
+  c.dataset.tfds_dir = ''  # '' -> <root>/tfds
+  c.dataset.synthetic = ml_collections.ConfigDict()
+  c.dataset.synthetic.num_videos = 0  # > 0: generate this dataset if missing
+  c.dataset.synthetic.num_frames = 12
+  c.dataset.synthetic.height = 96
+  c.dataset.synthetic.width = 160
+  c.dataset.synthetic.occlusion = 0.3  # 0..1, how often instances overlap
+  c.dataset.synthetic.max_instances = 4
+  c.dataset.synthetic.seed = 0
+
+  # A converted or trained checkpoint directory to start training from.
+  c.init_from = ''
 
   m = c.model = ml_collections.ConfigDict()
   m.num_classes = preset['num_classes']
