@@ -118,6 +118,7 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   t = c.train = ml_collections.ConfigDict()
   t.clip_len = 5
   t.max_stride = 3
+  t.flip = True  # random horizontal flip of whole clips
   t.batch_size = 16
   t.epochs = 12
   t.steps = 0  # 0: derived from epochs and the dataset size

@@ -1,0 +1,31 @@
+"""The built-in synthetic video dataset: textured moving shapes, no download.
+
+The dataset is generated under data/synthetic when missing.  Variants:
+``occluded`` (the occlusion-heavy split that plays the part of OVIS), plus the
+model variants of the other configs (tiny is the default model here).
+"""
+
+from iai_jax import config_lib
+
+
+def get_config(arg=None):
+  variants = [v for v in (arg or '').split(',') if v]
+  occluded = 'occluded' in variants
+  variants = [v for v in variants if v != 'occluded']
+  if not any(v in ('r18', 'r34', 'r50', 'r101') for v in variants):
+    variants.insert(0, 'tiny')
+  config = config_lib.make_config('synthetic', ','.join(variants))
+  with config.unlocked():
+    s = config.dataset.synthetic
+    s.num_videos = 120
+    config.input.size = (s.height, s.width)
+    config.input.train_max_long = s.width
+    if occluded:
+      config.dataset.root = 'data/synthetic_occluded'
+      s.occlusion = 0.8
+      s.seed = 1
+    config.dataset.train_json = 'train/annotations.json'
+    config.dataset.train_frames = 'train/JPEGImages'
+    config.dataset.val_json = 'valid/annotations.json'
+    config.dataset.val_frames = 'valid/JPEGImages'
+  return config
