@@ -1,0 +1,245 @@
+"""FCOS / CondInst training targets on padded, static shapes.
+
+Ground truth of one frame (``M`` = padded number of instances, ``H, W`` =
+padded input size):
+
+  boxes  (M, 4) float  x1, y1, x2, y2 in input pixels (x2, y2 exclusive)
+  labels (M,) int      class index
+  ids    (M,) int      ID target in [0, N-1] (N-1 = "new")
+  masks  (M, H, W)     bool / uint8 instance masks at input resolution
+  valid  (M,) bool     False for padding (and crowd) entries
+  ignore (H, W) bool   crowd / dropped regions
+
+The locations of all FPN levels are concatenated (P3..P7, each row-major), as
+``grid_locations`` lays them out.  A location is a candidate for instance m
+when
+
+* it lies strictly inside the centre-sampling region: the square of
+  half-size ``radius * stride`` around the centre of mass of m's mask
+  (pixel-index coordinates, as CondInst computes it; the box centre when the
+  mask is empty), clipped to m's box;
+* the largest of its regression distances (l, t, r, b) to m's box lies in
+  the level's size range.  By default both ends are inclusive, as in the
+  FCOS / AdelaiDet assigner (``lo <= max <= hi``);
+  ``range_lower_inclusive=False`` gives ``lo < max <= hi``.
+
+A location that is a candidate for several instances goes to the one with the
+smallest box area (the lowest index on equal areas).  Everything is
+``jax.numpy`` on fixed shapes, so it runs under ``jit`` and ``vmap``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from iai_jax.models.condinst import grid_locations
+
+STRIDES = (8, 16, 32, 64, 128)
+SIZES_OF_INTEREST = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0),
+                     (256.0, 512.0), (512.0, math.inf))
+CENTER_RADIUS = 1.5
+MASK_STRIDE = 4  # stride of the mask loss (ground truth sampled at offset 2)
+IGNORE_LABEL = 254  # ``iai_jax.data.pipeline.IGNORE`` in the id_map
+_INF = 1e8
+
+
+def level_shapes(image_size, strides: Sequence[int] = STRIDES):
+  """(h, w) of each FPN level for a padded ``image_size`` (divisible by 32).
+
+  P3 is H/8; every further level is the ceiling half of the previous one
+  (exact for P4, P5; the stride-2 3x3 convs of P6, P7 round up).
+  """
+  h = -(-int(image_size[0]) // strides[0])
+  w = -(-int(image_size[1]) // strides[0])
+  shapes = []
+  for _ in strides:
+    shapes.append((h, w))
+    h, w = -(-h // 2), -(-w // 2)
+  return tuple(shapes)
+
+
+def output_level_shapes(outputs) -> tuple:
+  """Level shapes read off the model outputs' 'cls' list (F, h, w, P)."""
+  return tuple(tuple(int(s) for s in x.shape[-3:-1]) for x in outputs['cls'])
+
+
+@functools.lru_cache(maxsize=32)
+def location_table(shapes: tuple, strides: tuple = STRIDES,
+                   sizes: tuple = SIZES_OF_INTEREST):
+  """Static per-location tables over the concatenated levels.
+
+  Returns numpy arrays ``locations`` (L, 2) (x, y) in input pixels,
+  ``stride`` (L,), ``size_lo`` (L,), ``size_hi`` (L,) and ``level`` (L,).
+  """
+  if len(shapes) != len(strides) or len(sizes) != len(strides):
+    raise ValueError(f'{len(shapes)} level shapes, {len(strides)} strides and '
+                     f'{len(sizes)} size ranges must agree')
+  locs, stride, lo, hi, level = [], [], [], [], []
+  for n, ((h, w), s, (a, b)) in enumerate(zip(shapes, strides, sizes)):
+    locs.append(grid_locations(h, w, s))
+    k = h * w
+    stride.append(np.full((k,), s, np.float32))
+    lo.append(np.full((k,), a, np.float32))
+    hi.append(np.full((k,), b, np.float32))
+    level.append(np.full((k,), n, np.int32))
+  return (np.concatenate(locs), np.concatenate(stride), np.concatenate(lo),
+          np.concatenate(hi), np.concatenate(level))
+
+
+def mask_centers(masks, boxes):
+  """(M, H, W) masks, (M, 4) boxes -> (M, 2) (x, y) centres of mass.
+
+  Pixel-index coordinates (pixel (i, j) counts at x=j, y=i); an empty mask
+  falls back to its box centre.
+  """
+  m = masks.astype(jnp.float32)
+  h, w = m.shape[-2:]
+  area = m.sum(axis=(-2, -1))
+  cx = jnp.einsum('mhw,w->m', m, jnp.arange(w, dtype=jnp.float32))
+  cy = jnp.einsum('mhw,h->m', m, jnp.arange(h, dtype=jnp.float32))
+  safe = jnp.maximum(area, 1.0)
+  box_c = jnp.stack([(boxes[:, 0] + boxes[:, 2]) * 0.5,
+                     (boxes[:, 1] + boxes[:, 3]) * 0.5], axis=-1)
+  mass_c = jnp.stack([cx / safe, cy / safe], axis=-1)
+  return jnp.where((area > 0)[:, None], mass_c, box_c)
+
+
+def centerness(reg):
+  """sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)) of (..., 4) l,t,r,b; 0 where
+  a distance is not positive."""
+  l, t, r, b = (reg[..., i] for i in range(4))
+  ok = (jnp.minimum(l, r) > 0) & (jnp.minimum(t, b) > 0)
+  lr = jnp.minimum(l, r) / jnp.where(ok, jnp.maximum(l, r), 1.0)
+  tb = jnp.minimum(t, b) / jnp.where(ok, jnp.maximum(t, b), 1.0)
+  return jnp.where(ok, jnp.sqrt(jnp.where(ok, lr * tb, 1.0)), 0.0)
+
+
+def assign_locations(boxes, labels, ids, masks, valid, ignore, *,
+                     shapes: tuple, strides: tuple = STRIDES,
+                     sizes: tuple = SIZES_OF_INTEREST,
+                     radius: float = CENTER_RADIUS,
+                     range_lower_inclusive: bool = True):
+  """FCOS assignment of one frame's instances to all levels' locations.
+
+  Args:
+    boxes, labels, ids, masks, valid, ignore: one frame's ground truth (see
+      the module docstring).
+    shapes: static ((h, w), ...) of the levels (:func:`level_shapes`).
+  Returns a dict over the L concatenated locations:
+    cls_target (L,) int32: class, -1 for background;
+    id_target (L,) int32: ID target, -1 for background;
+    reg_target (L, 4) float32: l, t, r, b to the assigned box (0 elsewhere);
+    ctr_target (L,) float32: centerness of reg_target (0 elsewhere);
+    gt_index (L,) int32: assigned instance, -1 for background;
+    ignore (L,) bool: not positive and inside an ignore region.
+  """
+  locs, stride, lo, hi, _ = location_table(tuple(map(tuple, shapes)),
+                                           tuple(strides), tuple(sizes))
+  xs = jnp.asarray(locs[:, 0])[:, None]  # (L, 1)
+  ys = jnp.asarray(locs[:, 1])[:, None]
+  boxes = boxes.astype(jnp.float32)
+  x1, y1, x2, y2 = (boxes[None, :, i] for i in range(4))  # (1, M)
+  reg = jnp.stack([xs - x1, ys - y1, x2 - xs, y2 - ys], axis=-1)  # (L, M, 4)
+
+  centers = mask_centers(masks, boxes)
+  rad = jnp.asarray(stride)[:, None] * radius  # (L, 1)
+  cx, cy = centers[None, :, 0], centers[None, :, 1]
+  sx1 = jnp.maximum(cx - rad, x1)
+  sy1 = jnp.maximum(cy - rad, y1)
+  sx2 = jnp.minimum(cx + rad, x2)
+  sy2 = jnp.minimum(cy + rad, y2)
+  in_center = jnp.minimum(jnp.minimum(xs - sx1, ys - sy1),
+                          jnp.minimum(sx2 - xs, sy2 - ys)) > 0  # (L, M)
+
+  max_reg = reg.max(axis=-1)
+  lo_ = jnp.asarray(lo)[:, None]
+  hi_ = jnp.asarray(hi)[:, None]
+  above = (max_reg >= lo_) if range_lower_inclusive else (max_reg > lo_)
+  in_range = above & (max_reg <= hi_)
+
+  cand = in_center & in_range & valid.astype(bool)[None, :]
+  area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+  cost = jnp.where(cand, area[None, :], _INF)
+  gt = jnp.argmin(cost, axis=1).astype(jnp.int32)  # first minimum on ties
+  pos = cand.any(axis=1)
+
+  reg_t = jnp.take_along_axis(reg, gt[:, None, None], axis=1)[:, 0]
+  reg_t = jnp.where(pos[:, None], reg_t, 0.0)
+  ctr_t = jnp.where(pos, centerness(reg_t), 0.0)
+  cls_t = jnp.where(pos, labels.astype(jnp.int32)[gt], -1)
+  id_t = jnp.where(pos, ids.astype(jnp.int32)[gt], -1)
+
+  hh, ww = ignore.shape
+  iy = np.clip(locs[:, 1].astype(np.int64), 0, hh - 1)
+  ix = np.clip(locs[:, 0].astype(np.int64), 0, ww - 1)
+  ign = ignore.astype(bool)[iy, ix] & ~pos
+  return {
+      'cls_target': cls_t,
+      'id_target': id_t,
+      'reg_target': reg_t,
+      'ctr_target': ctr_t,
+      'gt_index': jnp.where(pos, gt, -1),
+      'ignore': ign,
+  }
+
+
+def mask_targets(masks, stride: int = MASK_STRIDE):
+  """(M, H, W) -> (M, H/stride, W/stride) float32 samples at offset
+  stride//2 (``masks[:, 2::4, 2::4]`` for stride 4)."""
+  return masks[:, stride // 2::stride, stride // 2::stride].astype(jnp.float32)
+
+
+def fcos_targets(gt: dict, *, shapes: tuple, strides: tuple = STRIDES,
+                 sizes: tuple = SIZES_OF_INTEREST,
+                 radius: float = CENTER_RADIUS,
+                 range_lower_inclusive: bool = True,
+                 mask_stride: int = MASK_STRIDE) -> dict:
+  """All targets of one frame: :func:`assign_locations`' dict plus
+  'mask_target' (M, H/4, W/4) float32.
+
+  ``gt`` holds 'boxes', 'labels', 'ids', 'masks', 'valid', 'ignore'.
+  """
+  out = assign_locations(gt['boxes'], gt['labels'], gt['ids'], gt['masks'],
+                         gt['valid'], gt['ignore'], shapes=shapes,
+                         strides=strides, sizes=sizes, radius=radius,
+                         range_lower_inclusive=range_lower_inclusive)
+  out['mask_target'] = mask_targets(gt['masks'], mask_stride)
+  return out
+
+
+def batch_targets(gt: dict, *, shapes: tuple, **kwargs) -> dict:
+  """:func:`fcos_targets` vmapped over a leading frame axis of every ``gt``
+  entry (F, ...)."""
+  fn = functools.partial(fcos_targets, shapes=shapes, **kwargs)
+  return jax.vmap(fn)(gt)
+
+
+def gt_from_id_map(id_map, box, label, id_target, present):
+  """One frame's ground-truth dict from the data pipeline's outputs.
+
+  Args:
+    id_map: (H, W) uint8 clip-instance number per pixel (255 background,
+      254 ignore).
+    box: (M, 4) x1, y1, x2, y2 (exclusive) of each instance's visible mask.
+    label: (M,) class, -1 for padding.
+    id_target: (M,) ID target, -1 where absent.
+    present: (M,) bool.
+  """
+  m = box.shape[0]
+  id_map = id_map.astype(jnp.int32)
+  masks = id_map[None] == jnp.arange(m, dtype=jnp.int32)[:, None, None]
+  valid = present.astype(bool) & (label >= 0) & (id_target >= 0)
+  return {
+      'boxes': box.astype(jnp.float32),
+      'labels': jnp.maximum(label, 0).astype(jnp.int32),
+      'ids': jnp.maximum(id_target, 0).astype(jnp.int32),
+      'masks': masks,
+      'valid': valid,
+      'ignore': id_map == IGNORE_LABEL,
+  }
