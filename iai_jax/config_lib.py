@@ -130,6 +130,14 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   t.warmup_factor = 0.001
   t.decay_epochs = (8, 11)
   t.grad_clip = 0.0
+  t.max_mask_samples = 64  # positive locations per frame for the mask loss
+  t.log_every = 20
+  t.checkpoint_every = 1000
+  t.keep_checkpoints = 3
+  t.data_workers = 0  # grain worker processes for decoding
+  t.mesh_axes = ('data',)
+  t.mesh_shape = (-1,)  # -1: all devices
+  t.distributed = False  # call jax.distributed.initialize() (multi-host)
 
   e = c.infer = ml_collections.ConfigDict()
   e.candidates_per_level = 200

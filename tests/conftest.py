@@ -1,0 +1,25 @@
+"""Shared test set-up: a compilation cache for the whole session.
+
+Several tests compile the same tiny-model programs (the training step in the
+resume test runs in three `train()` calls and in subprocesses). A persistent
+XLA cache in a per-session folder lets the later ones load the executable
+instead of compiling it again; subprocesses inherit it through the
+environment. It changes no numbers.
+"""
+
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='iai_jax_xla_')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
+import jax  # noqa: E402  (after the environment is set)
+
+jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
+jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                  float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
