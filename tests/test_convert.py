@@ -240,6 +240,15 @@ def test_conv_parity(cin, cout, k, stride, groups, bias):
     params['bias'] = convert.to_flax('vector', conv.bias.detach().numpy(), (cout,))
   got = mod.apply({'params': params}, jnp.asarray(_nchw_to_nhwc(x)))
   _close(got, want)
+  # the model's own matmul / shifted-add forms of the same convs, if present
+  if k == 1 and stride == 1 and groups == 1 and hasattr(L, 'Conv1x1'):
+    got = L.Conv1x1(cout, use_bias=bias).apply({'params': params},
+                                               jnp.asarray(_nchw_to_nhwc(x)))
+    _close(got, want)
+  if groups == cin == cout and not bias and hasattr(L, 'DepthwiseConv'):
+    got = L.DepthwiseConv(k).apply({'params': params},
+                                   jnp.asarray(_nchw_to_nhwc(x)))
+    _close(got, want)
 
 
 def test_linear_layernorm_groupnorm_parity():
