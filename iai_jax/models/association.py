@@ -155,9 +155,7 @@ class LSTTLayer(nn.Module):
     self.ffn_gn = nn.GroupNorm(num_groups=self.gn_groups, epsilon=1e-5,
                                dtype=dt)
     self.ffn_gct = L.GCT()
-    self.ffn_dwconv = nn.Conv(self.ffn_dim, (5, 5), padding=((2, 2), (2, 2)),
-                              feature_group_count=self.ffn_dim, use_bias=False,
-                              kernel_init=_xavier, dtype=dt)
+    self.ffn_dwconv = L.DepthwiseConv(5, kernel_init=_xavier, dtype=dt)
     self.linear2 = dense(d)
 
   def _heads(self, x, n):
@@ -237,9 +235,9 @@ class AssociationBlock(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.encoder_projector = nn.Conv(self.d_model, (1, 1), dtype=self.dtype)
-    self.cls_projector = nn.Conv(self.c5_channels - 2 * self.d_model, (1, 1),
-                                 dtype=self.dtype)
+    self.encoder_projector = L.Conv1x1(self.d_model, dtype=self.dtype)
+    self.cls_projector = L.Conv1x1(self.c5_channels - 2 * self.d_model,
+                                   dtype=self.dtype)
     self.id_bank = IDBank(self.num_ids, self.d_model, self.id_bank_kernel,
                           dtype=self.dtype)
     self.layers = [

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from iai_jax.models.layers import aligned_bilinear
+from iai_jax.models.layers import Conv1x1, aligned_bilinear
 
 _xavier = nn.initializers.xavier_uniform()
 _normal001 = nn.initializers.normal(0.01)
@@ -34,7 +34,7 @@ class FPN(nn.Module):
 
   @nn.compact
   def __call__(self, feats: Sequence[jax.Array]):
-    lat = [nn.Conv(self.channels, (1, 1), kernel_init=_xavier, dtype=self.dtype,
+    lat = [Conv1x1(self.channels, kernel_init=_xavier, dtype=self.dtype,
                    name=f'lateral_{i}')(f) for i, f in enumerate(feats)]
     for i in range(len(lat) - 1, 0, -1):
       up = jnp.repeat(jnp.repeat(lat[i], 2, axis=1), 2, axis=2)
@@ -149,7 +149,7 @@ class MaskBranch(nn.Module):
         x = x + aligned_bilinear(y, factor)
     for i in range(self.num_convs):
       x = conv_bn(x, f'tower_{i}')
-    x = nn.Conv(self.out_channels, (1, 1), kernel_init=_kaiming_out,
+    x = Conv1x1(self.out_channels, kernel_init=_kaiming_out,
                 dtype=self.dtype, name='tower_out')(x)
     return x.astype(jnp.float32)
 

@@ -40,7 +40,8 @@ class IAI(nn.Module):
     m = self.config
     dt = DTYPES[m.dtype]
     a = m.association
-    self.backbone = ResNet(m.backbone.depth, m.backbone.width, dtype=dt)
+    self.backbone = ResNet(m.backbone.depth, m.backbone.width, dtype=dt,
+                           frozen_stages=m.backbone.frozen_stages)
     self.association = AssociationBlock(
         num_ids=m.max_obj_num, c5_channels=config_lib.c5_channels(m),
         d_model=a.d_model, num_layers=a.num_layers, self_heads=a.self_heads,

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from iai_jax.models.layers import Conv1x1
+
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
                 101: (3, 4, 23, 3)}
 
@@ -21,15 +23,42 @@ _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
 def _conv(features, kernel, stride, name, dtype):
+  if kernel == 1:
+    return Conv1x1(features, stride, use_bias=False, kernel_init=_conv_init,
+                   dtype=dtype, name=name)
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False,
                  kernel_init=_conv_init, dtype=dtype, name=name)
 
 
+class FrozenBatchNorm(nn.Module):
+  """BatchNorm with fixed statistics and affine ("frozen BN").
+
+  Same variables as ``nn.BatchNorm`` (params scale/bias, batch_stats
+  mean/var), folded into one multiply-add. None of them is trained, so no
+  gradient is computed for them (saves a reduction over every activation of
+  the backbone in the backward pass).
+  """
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    mean = self.variable('batch_stats', 'mean',
+                         lambda: jnp.zeros((c,), jnp.float32))
+    var = self.variable('batch_stats', 'var',
+                        lambda: jnp.ones((c,), jnp.float32))
+    mul = jax.lax.stop_gradient(scale * jax.lax.rsqrt(var.value + self.epsilon))
+    add = jax.lax.stop_gradient(bias - mean.value * mul)
+    return x * mul.astype(self.dtype) + add.astype(self.dtype)
+
+
 def _frozen_bn(name, dtype):
-  return nn.BatchNorm(use_running_average=True, momentum=0.9, epsilon=1e-5,
-                      dtype=dtype, name=name)
+  return FrozenBatchNorm(dtype=dtype, name=name)
 
 
 class Bottleneck(nn.Module):
@@ -79,6 +108,9 @@ class ResNet(nn.Module):
   depth: int = 50
   width: int = 64
   dtype: Any = jnp.float32
+  # Stem (0) and stages 1..frozen_stages get no gradient at all: nothing
+  # before them is trained, so their backward pass would be wasted work.
+  frozen_stages: int = -1
 
   @nn.compact
   def __call__(self, x):
@@ -87,6 +119,8 @@ class ResNet(nn.Module):
     x = _conv(self.width, 7, 2, 'conv1', self.dtype)(x)
     x = nn.relu(_frozen_bn('bn1', self.dtype)(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    if self.frozen_stages >= 0:
+      x = jax.lax.stop_gradient(x)
     outs = {}
     in_ch = self.width
     for stage, n_blocks in enumerate(STAGE_BLOCKS[self.depth]):
@@ -97,6 +131,8 @@ class ResNet(nn.Module):
         x = block(planes, stride, down, dtype=self.dtype,
                   name=f'layer{stage + 1}_{b}')(x)
         in_ch = planes * block.expansion
+      if stage + 1 <= self.frozen_stages:
+        x = jax.lax.stop_gradient(x)
       if stage >= 1:
         outs[f'c{stage + 2}'] = x
     return outs
