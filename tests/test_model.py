@@ -210,9 +210,17 @@ def test_summary_command_json():
 
 
 def test_summary_table_and_bad_override():
-  r = _main('--config=configs/ovis.py:tiny')
+  r = _main('--mode=summary', '--config=configs/ovis.py:tiny')
   assert r.returncode == 0, r.stderr
   assert 'total' in r.stdout and 'GFLOPs per frame at 96x160' in r.stdout
   r = _main('--config=configs/ytvis19.py', '--config.model.nonsense=1')
   assert r.returncode != 0
   assert "unknown config key 'model.nonsense'" in r.stderr
+
+
+def test_missing_dataset_says_where_and_how(tmp_path):
+  r = _main('--mode=train', '--config=configs/ovis.py:tiny',
+            f'--config.dataset.root={tmp_path}/ovis', f'--workdir={tmp_path}/w')
+  assert r.returncode != 0
+  assert f'{tmp_path}/ovis' in r.stderr
+  assert '--config.dataset.root=' in r.stderr and 'data/README.md' in r.stderr

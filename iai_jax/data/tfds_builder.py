@@ -168,3 +168,36 @@ def open_split(config, split: str):
         f'the records in {path} have no split {split!r} '
         f'(they have: {", ".join(builder.info.splits)})')
   return builder.as_data_source(split=split)
+
+
+class DatasetMissingError(FileNotFoundError):
+  """The configured dataset is not where the config says."""
+
+
+def ensure_records(config, log=print) -> str:
+  """The TFDS records of the configured dataset, built first if missing.
+
+  The synthetic dataset is generated when it is missing; a real dataset's
+  annotation JSON must exist, else :class:`DatasetMissingError` says where
+  it was looked for and how to get it or point the config at it.
+  """
+  path = split_dir(config)
+  if os.path.exists(os.path.join(path, 'dataset_info.json')):
+    return path
+  if config.dataset.synthetic.num_videos > 0:
+    from iai_jax.data import synthetic
+    synthetic.ensure_synthetic(config)
+  ann, frames = dataset_paths(config, 'train')
+  if not os.path.exists(ann) or not os.path.isdir(frames):
+    missing = ann if not os.path.exists(ann) else frames
+    raise DatasetMissingError(
+        f'dataset {config.dataset.name!r} not found: {os.path.abspath(missing)} '
+        'does not exist. Download it (see data/README.md for where to get '
+        'YouTube-VIS / OVIS and the folder layout), or point the config at '
+        'it: --config.dataset.root=/path/to/dataset (and, if the file names '
+        'differ, --config.dataset.train_json=... '
+        '--config.dataset.train_frames=...). To try IAI without a download, '
+        'use --config=configs/synthetic.py.')
+  log(f'no TFDS records in {path}: building them (once)')
+  build(config, log=log)
+  return path

@@ -1,0 +1,204 @@
+"""Speed and memory record of iai_jax (never run by the tests).
+
+  python scripts/benchmark.py data  [--json=OUT.json]
+  python scripts/benchmark.py frame [--json=OUT.json]
+  python scripts/benchmark.py all
+
+data:  training clips per second from TFDS records at 640x360 (a synthetic
+       dataset of 640x360 videos is generated and converted in a temp dir),
+       with the loader in this process and with worker processes.
+frame: the network's per-frame step (backbone, association with the memory,
+       FPN, heads, memory write) streaming one 360x640 frame at a time with
+       ResNet-50: compile time, ms per frame at frames 10 and 100, and
+       GFLOP/s achieved (XLA cost analysis).
+
+Prints a table and, with --json, writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def machine() -> str:
+  import jax
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      names = [l.split(':', 1)[1].strip() for l in f if l.startswith('model name')]
+    cpu = f'{names[0]} x{len(names)}' if names else cpu
+  except OSError:
+    pass
+  return f'{cpu}; jax {jax.__version__} on {jax.devices()[0].platform}'
+
+
+def bench_data(args) -> dict:
+  import numpy as np
+  from iai_jax import config_lib
+  from iai_jax.data import pipeline, synthetic, tfds_builder
+
+  out = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    config = config_lib.make_config('synthetic', 'r50')
+    with config.unlocked():
+      config.dataset.root = tmp
+      config.dataset.train_json = 'annotations.json'
+      config.dataset.train_frames = 'JPEGImages'
+      config.dataset.heldout_fraction = 0.0
+      config.input.size = (360, 640)
+      config.input.train_max_long = 640
+      config.train.batch_size = args.batch
+    t = time.time()
+    synthetic.generate(tmp, num_videos=args.videos, num_frames=20, height=360,
+                       width=640, max_instances=6, occlusion=0.3, seed=0)
+    tfds_builder.build(config, log=lambda *_: None)
+    out['prepare_s'] = time.time() - t
+    source = tfds_builder.open_split(config, 'train')
+    for workers in (0, 2):
+      ds = pipeline.training_dataset(config, source, seed=0,
+                                     num_workers=workers)
+      it = iter(ds)
+      next(it)  # start-up (worker processes, first decode)
+      t = time.time()
+      for _ in range(args.batches):
+        batch = next(it)
+      dt = time.time() - t
+      out[f'clips_per_s_workers{workers}'] = args.batches * args.batch / dt
+    out['batch_shapes'] = {k: list(v.shape) for k, v in batch.items()}
+  return out
+
+
+def bench_frame(args) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from iai_jax import config_lib, summary
+  from iai_jax.models import build_model, empty_memory, init_variables
+
+  config = config_lib.make_config('ytvis19', args.variant)
+  h, w = config_lib.padded_size(*config.input.size, config.input.size_divisor)
+  model = build_model(config.model)
+  variables = init_variables(model, jax.random.key(0))
+  frame = jax.jit(summary.frame_function(model), donate_argnums=(2,))
+  memory = empty_memory(config.model, 1, (h, w))
+  image = jax.random.normal(jax.random.key(1), (1, h, w, 3))
+  t = time.time()
+  compiled = frame.lower(variables, image, memory).compile()
+  compile_s = time.time() - t
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  times = []
+  for i in range(args.frames):
+    t = time.time()
+    out, memory = frame(variables, image, memory)
+    jax.block_until_ready(memory)
+    times.append(time.time() - t)
+  ms = np.asarray(times) * 1e3
+  return {
+      'variant': args.variant or 'r50', 'input': f'{h}x{w}',
+      'compile_s': compile_s,
+      'ms_per_frame_at_10': float(np.median(ms[5:15])),
+      'ms_per_frame_last_10': float(np.median(ms[-10:])),
+      'gflops_per_frame': float(cost['flops']) / 1e9,
+      'achieved_gflops_per_s': float(cost['flops']) / 1e9 / (np.median(ms[5:]) / 1e3),
+  }
+
+
+def bench_train(args) -> dict:
+  """Seconds per training step of one 5-frame clip (R50, 192x320 by default)."""
+  import functools
+  import jax
+  import numpy as np
+  from iai_jax import config_lib, train
+  from iai_jax.models import build_model, init_variables
+
+  config = config_lib.make_config('ytvis19', args.variant)
+  h, w = args.train_size
+  with config.unlocked():
+    config.input.size = (h, w)
+    config.input.train_max_long = w
+    config.train.batch_size = 1
+    if args.bf16:
+      config.model.dtype = 'bfloat16'
+  t_len, n = config.train.clip_len, config.model.max_obj_num
+  rng = np.random.default_rng(0)
+  id_map = np.full((1, t_len, h, w), 255, np.uint8)
+  box = np.zeros((1, t_len, n, 4), np.float32)
+  present = np.zeros((1, t_len, n), bool)
+  for k in range(3):  # three instances, moving right
+    for t in range(t_len):
+      x0, y0 = 20 + 60 * k + 8 * t, 40 + 30 * k
+      id_map[0, t, y0:y0 + 60, x0:x0 + 50] = k
+      box[0, t, k] = (x0, y0, x0 + 50, y0 + 60)
+      present[0, t, k] = True
+  id_target = np.where(present, np.arange(n)[None, None], -1).astype(np.int32)
+  id_target[0, 0, :3] = n - 1
+  batch = {'image': rng.integers(0, 255, (1, t_len, h, w, 3), dtype=np.uint8),
+           'id_map': id_map, 'box': box, 'present': present,
+           'label': np.array([[0, 1, 2] + [-1] * (n - 3)], np.int32),
+           'id_target': id_target,
+           'new_instance': np.array([[True] + [False] * (t_len - 1)])}
+  model = build_model(config.model)
+  variables = init_variables(model, jax.random.key(0))
+  tx, _ = train.make_optimizer(config, variables['params'], 1000)
+  state = train.create_train_state(model, variables, tx)
+  step = jax.jit(functools.partial(train.train_step, model=model, config=config,
+                                   tx=tx), donate_argnums=(0,))
+  t = time.time()
+  compiled = step.lower(state, batch, jax.random.key(1)).compile()
+  compile_s = time.time() - t
+  times = []
+  for _ in range(args.steps):
+    t = time.time()
+    state, metrics = compiled(state, batch, jax.random.key(1))
+    jax.block_until_ready(metrics)
+    times.append(time.time() - t)
+  steady = float(np.median(times[1:]))
+  return {'variant': args.variant or 'r50', 'clip': f'{t_len}x{h}x{w}',
+          'dtype': config.model.dtype, 'compile_s': compile_s,
+          's_per_step': steady, 'authors_s_per_step': '3.1-3.5',
+          'ratio_to_authors': steady / 3.3}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('what', choices=['data', 'frame', 'train', 'all'])
+  p.add_argument('--steps', type=int, default=6)
+  p.add_argument('--train_size', type=int, nargs=2, default=(192, 320))
+  p.add_argument('--bf16', action='store_true')
+  p.add_argument('--json', default='')
+  p.add_argument('--videos', type=int, default=12)
+  p.add_argument('--batch', type=int, default=4)
+  p.add_argument('--batches', type=int, default=10)
+  p.add_argument('--frames', type=int, default=30)
+  p.add_argument('--variant', default='')
+  args = p.parse_args()
+  result = {'machine': machine(), 'date': time.strftime('%Y-%m-%d')}
+  if args.what in ('data', 'all'):
+    result['data'] = bench_data(args)
+  if args.what in ('train', 'all'):
+    result['train'] = bench_train(args)
+  if args.what in ('frame', 'all'):
+    result['frame'] = bench_frame(args)
+  for section, figures in result.items():
+    if isinstance(figures, dict):
+      print(f'[{section}]')
+      for k, v in figures.items():
+        print(f'  {k:<28} {v:.2f}' if isinstance(v, float) else f'  {k:<28} {v}')
+    else:
+      print(f'{section}: {figures}')
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(result, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()
