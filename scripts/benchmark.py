@@ -168,9 +168,86 @@ def bench_train(args) -> dict:
           'ratio_to_authors': steady / 3.3}
 
 
+def _rss_mb() -> float:
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith('VmRSS:'):
+        return int(line.split()[1]) / 1024
+  return float('nan')
+
+
+def _matmul_gflops() -> float:
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((2048, 2048), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  t = time.time()
+  for _ in range(10):
+    f(a).block_until_ready()
+  return 2 * 2048 ** 3 * 10 / (time.time() - t) / 1e9
+
+
+def bench_infer(args, frames: int, marks) -> dict:
+  """The online loop (OnlineSegmenter.step: device step + host IDs/masks)."""
+  import jax
+  import numpy as np
+  from iai_jax import config_lib, inference
+  from iai_jax.models import build_model, init_variables
+
+  config = config_lib.make_config('ytvis19', args.variant)
+  if args.bf16:
+    with config.unlocked():
+      config.model.dtype = 'bfloat16'
+  h0, w0 = args.video_size
+  model = build_model(config.model)
+  variables = init_variables(model, jax.random.key(0))
+  seg = inference.OnlineSegmenter(config, variables)
+  rng = np.random.default_rng(0)
+  video = [rng.integers(0, 255, (h0, w0, 3), dtype=np.uint8) for _ in range(4)]
+  t = time.time()
+  seg.step(video[0])
+  first_s = time.time() - t
+  times, rss = [], {}
+  for i in range(1, frames):
+    t = time.time()
+    seg.step(video[i % 4])
+    times.append(time.time() - t)
+    if i + 1 in marks:
+      rss[i + 1] = _rss_mb()
+  ms = np.asarray(times) * 1e3
+  resized, bucket = inference.inference_size(config, h0, w0)
+  lowered = seg._step.lower(seg.variables, seg._memory, seg._prev,
+                            np.zeros((*bucket, 3), np.uint8),
+                            np.asarray(resized, np.int32))
+  cost = lowered.compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  gflop = float(cost['flops']) / 1e9
+  steady = float(np.median(ms[-min(50, len(ms)):]))
+  out = {'variant': args.variant or 'r50', 'dtype': config.model.dtype,
+         'video': f'{h0}x{w0} -> {bucket[0]}x{bucket[1]}',
+         'first_frame_s (compile)': first_s,
+         'compilations': seg.compilations(),
+         'ms_per_frame_steady': steady,
+         'frames_per_s': 1e3 / steady,
+         'gflop_per_frame': gflop,
+         'achieved_gflops_per_s': gflop / (steady / 1e3),
+         'matmul_gflops_per_s': _matmul_gflops()}
+  for m in marks:
+    if m <= frames:
+      lo = max(0, m - 6)
+      out[f'ms_at_frame_{m}'] = float(np.median(ms[lo:m - 1]))
+      out[f'rss_mb_at_frame_{m}'] = rss.get(m, float('nan'))
+  return out
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('what', choices=['data', 'frame', 'train', 'all'])
+  p.add_argument('what', choices=['data', 'frame', 'train', 'infer', 'memory',
+                                  'all'])
+  p.add_argument('--video_size', type=int, nargs=2, default=(720, 1280))
+  p.add_argument('--infer_frames', type=int, default=100)
+  p.add_argument('--memory_frames', type=int, default=1000)
   p.add_argument('--steps', type=int, default=6)
   p.add_argument('--train_size', type=int, nargs=2, default=(192, 320))
   p.add_argument('--bf16', action='store_true')
@@ -186,6 +263,10 @@ def main():
     result['data'] = bench_data(args)
   if args.what in ('train', 'all'):
     result['train'] = bench_train(args)
+  if args.what in ('infer', 'all'):
+    result['infer'] = bench_infer(args, args.infer_frames, (10, 100))
+  if args.what in ('memory', 'all'):
+    result['memory'] = bench_infer(args, args.memory_frames, (10, 100, 1000))
   if args.what in ('frame', 'all'):
     result['frame'] = bench_frame(args)
   for section, figures in result.items():
