@@ -69,7 +69,7 @@ def main(argv):
     return
   import os
   from iai_jax import predict
-  from iai_jax.data import tfds_builder
+  from iai_jax.data import tfds_builder, vis_json
   workdir = _WORKDIR.value or os.path.join('runs', config.dataset.name)
   try:
     if mode == 'predict':
@@ -94,7 +94,7 @@ def main(argv):
       variables = predict.restore_variables(config, _CHECKPOINT.value or workdir)
     predict.evaluate_split(config, variables, workdir, _SPLIT.value)
   except (tfds_builder.DatasetMissingError, tfds_builder.RecordsMissingError,
-          predict.PredictError) as e:
+          predict.PredictError, vis_json.VisDataError) as e:
     sys.exit(f'error: {e}')
 
 

@@ -19,6 +19,7 @@ validation JSON exists).  Read back with :func:`open_split` (a random-access
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -77,6 +78,7 @@ def video_example(video, frames_root: str) -> dict:
   }
 
 
+@functools.cache
 def _builder_class():
   import tensorflow_datasets as tfds
 

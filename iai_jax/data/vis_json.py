@@ -1,0 +1,223 @@
+"""Readers for YouTube-VIS 2019/2021/2022 and OVIS annotation files.
+
+The format (one JSON per split): ``videos`` (``id``, ``height``, ``width``,
+``length``, ``file_names``), ``annotations`` (``id``, ``video_id``,
+``category_id``, ``iscrowd``, and per-frame lists ``segmentations``,
+``bboxes``, ``areas`` with ``null`` where the instance is absent; OVIS adds
+``occlusion``) and ``categories`` (``id``, ``name``). A mask is a polygon
+list, an uncompressed RLE (``counts`` a list) or a compressed RLE
+(``counts`` a string); all are converted to compressed RLE with pycocotools.
+
+Classes are the JSON's categories in ascending id order, numbered 0..P-1
+(:attr:`VisDataset.categories` keeps the original ids and names, so results
+are written back with them). Crowd instances stay in the data with
+``iscrowd=True``: the pipeline turns them into ignore regions, never targets.
+
+Held-out split (:func:`heldout_split`): the training videos' ids, sorted,
+shuffled by ``numpy.random.default_rng(seed)``; the first
+``round(fraction * n)`` (at least one when the fraction is positive and there
+are two or more videos) are held out. The same config always gives the same
+split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+
+class VisDataError(ValueError):
+  """A dataset that cannot be read as it is; the message says how to fix it."""
+
+
+@dataclasses.dataclass
+class Track:
+  track_id: int
+  label: int                 # 0-based class
+  iscrowd: bool
+  segmentations: list        # per frame: compressed RLE dict or None
+  occlusion: list | None = None
+
+
+@dataclasses.dataclass
+class Video:
+  video_id: int
+  height: int
+  width: int
+  file_names: list[str]
+  tracks: list[Track]
+
+
+@dataclasses.dataclass
+class VisDataset:
+  videos: list[Video]
+  categories: list[tuple[int, str]]   # (original id, name), label order
+  frames_root: str
+  path: str = ''
+
+  @property
+  def category_ids(self) -> list[int]:
+    return [c for c, _ in self.categories]
+
+  @property
+  def class_names(self) -> list[str]:
+    return [n for _, n in self.categories]
+
+
+def read_json(path: str, what: str = 'annotation file') -> Any:
+  if not os.path.exists(path):
+    raise VisDataError(
+        f'{what} {os.path.abspath(path)} does not exist. Point the config at '
+        'your dataset with --config.dataset.root=... (and dataset.train_json '
+        '/ dataset.val_json if the file is named differently); see '
+        'data/README.md for the expected layout.')
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise VisDataError(f'{path} is not valid JSON: {e.msg} at line {e.lineno} '
+                       f'column {e.colno}. Is the file complete (download '
+                       'or copy interrupted)?') from e
+  except (OSError, UnicodeDecodeError) as e:
+    raise VisDataError(f'cannot read {path}: {e}') from e
+
+
+def to_rle(seg, height: int, width: int, where: str) -> dict:
+  """Polygon / uncompressed RLE / compressed RLE -> compressed RLE (bytes)."""
+  try:
+    if isinstance(seg, list):  # polygons
+      if not seg:
+        raise VisDataError(f'{where}: empty polygon list (use null for absent)')
+      rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg, dict) and 'counts' in seg and 'size' in seg:
+      if list(seg['size']) != [height, width]:
+        raise VisDataError(
+            f'{where}: mask size {list(seg["size"])} does not match the video '
+            f'size [{height}, {width}] (height, width)')
+      if isinstance(seg['counts'], list):
+        rle = mask_utils.frPyObjects(seg, height, width)
+      else:
+        counts = seg['counts']
+        rle = {'size': [height, width],
+               'counts': counts.encode() if isinstance(counts, str) else counts}
+        mask_utils.area(rle)  # validates the string
+    else:
+      raise VisDataError(f'{where}: a mask must be a polygon list, an RLE dict '
+                         '{"size", "counts"} or null')
+  except VisDataError:
+    raise
+  except Exception as e:  # pycocotools raises bare Exceptions
+    raise VisDataError(f'{where}: cannot decode the mask: {e}') from e
+  return {'size': [height, width], 'counts': rle['counts']}
+
+
+def parse(data: dict, path: str = '<json>') -> tuple[list, dict, list]:
+  """Structural checks; returns (videos, {video id: [annotations]}, categories).
+
+  Raises VisDataError on the first structural problem (missing keys, wrong
+  types, list lengths that differ from the frame count, unknown categories).
+  """
+  if not isinstance(data, dict):
+    raise VisDataError(f'{path}: expected a JSON object with "videos", '
+                       '"annotations" and "categories"')
+  for key in ('videos', 'categories'):
+    if not isinstance(data.get(key), list):
+      raise VisDataError(f'{path}: no "{key}" list; is this a YouTube-VIS / '
+                         'OVIS annotation file?')
+  cats = []
+  for i, c in enumerate(data['categories']):
+    if not isinstance(c, dict) or not isinstance(c.get('id'), int):
+      raise VisDataError(f'{path}: categories[{i}] has no integer "id"')
+    cats.append((c['id'], str(c.get('name', c['id']))))
+  cats.sort()
+  cat_ids = {c for c, _ in cats}
+  videos = []
+  for i, v in enumerate(data['videos']):
+    for key in ('id', 'height', 'width', 'file_names'):
+      if key not in v:
+        raise VisDataError(f'{path}: videos[{i}] has no "{key}"')
+    if not isinstance(v['file_names'], list) or not v['file_names']:
+      raise VisDataError(f'{path}: video {v["id"]} has no frame file names')
+    videos.append(v)
+  by_id = {v['id']: v for v in videos}
+  anns: dict[int, list] = {v['id']: [] for v in videos}
+  for i, a in enumerate(data.get('annotations') or []):
+    where = f'{path}: annotations[{i}]'
+    for key in ('video_id', 'category_id', 'segmentations'):
+      if key not in a:
+        raise VisDataError(f'{where} has no "{key}"')
+    if a['video_id'] not in by_id:
+      raise VisDataError(f'{where}: video_id {a["video_id"]} is not in "videos"')
+    if a['category_id'] not in cat_ids:
+      raise VisDataError(
+          f'{where}: category_id {a["category_id"]} is not in "categories" '
+          f'(known ids: {sorted(cat_ids)})')
+    n = len(by_id[a['video_id']]['file_names'])
+    for key in ('segmentations', 'bboxes', 'areas', 'occlusion'):
+      if key in a and a[key] is not None and len(a[key]) != n:
+        raise VisDataError(
+            f'{where}: "{key}" has {len(a[key])} entries but video '
+            f'{a["video_id"]} has {n} frames')
+    anns[a['video_id']].append(a)
+  return videos, anns, cats
+
+
+def load_vis_json(ann_path: str, frames_root: str, *,
+                  check_files: bool = True) -> VisDataset:
+  """Reads an annotation file; masks become compressed RLE.
+
+  With ``check_files`` every frame file must exist under ``frames_root``.
+  """
+  data = read_json(ann_path)
+  if check_files and not os.path.isdir(frames_root):
+    raise VisDataError(
+        f'frame folder {os.path.abspath(frames_root)} does not exist. Point '
+        'the config at it with --config.dataset.root=... / '
+        'dataset.train_frames=...; see data/README.md.')
+  raw_videos, anns, cats = parse(data, ann_path)
+  label_of = {c: k for k, (c, _) in enumerate(cats)}
+  videos, missing = [], []
+  for v in raw_videos:
+    if check_files:
+      for name in v['file_names']:
+        if not os.path.exists(os.path.join(frames_root, name)):
+          missing.append(os.path.join(frames_root, name))
+    h, w = int(v['height']), int(v['width'])
+    tracks = []
+    for a in anns[v['id']]:
+      segs = [None if s is None else to_rle(
+          s, h, w, f'{ann_path}: annotation {a.get("id")} frame {f}')
+              for f, s in enumerate(a['segmentations'])]
+      tracks.append(Track(track_id=int(a.get('id', len(tracks) + 1)),
+                          label=label_of[a['category_id']],
+                          iscrowd=bool(a.get('iscrowd', 0)),
+                          segmentations=segs, occlusion=a.get('occlusion')))
+    videos.append(Video(int(v['id']), h, w, list(v['file_names']), tracks))
+  if missing:
+    raise VisDataError(
+        f'{len(missing)} frame files listed in {ann_path} are missing, e.g. '
+        + ', '.join(missing[:3]) + '. Is dataset.train_frames / '
+        'dataset.val_frames the folder the file names are relative to?')
+  return VisDataset(videos=videos, categories=cats, frames_root=frames_root,
+                    path=ann_path)
+
+
+def heldout_split(dataset: VisDataset, fraction: float,
+                  seed: int) -> tuple[list[int], list[int]]:
+  """(training video ids, held-out video ids), both sorted; see module doc."""
+  ids = sorted(v.video_id for v in dataset.videos)
+  if not 0 <= fraction < 1:
+    raise ValueError(f'dataset.heldout_fraction must be in [0, 1), got {fraction}')
+  n = len(ids)
+  k = int(round(fraction * n))
+  if fraction > 0 and n > 1:
+    k = min(max(k, 1), n - 1)
+  order = np.random.default_rng(seed).permutation(n)
+  held = sorted(ids[i] for i in order[:k])
+  held_set = set(held)
+  return [i for i in ids if i not in held_set], held
