@@ -51,6 +51,9 @@ _FPS = flags.DEFINE_float('fps', None, 'predict: frame rate of a frame folder '
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   if config is None:
     raise app.UsageError('--config is required, e.g. '
