@@ -1,0 +1,104 @@
+"""Running a model: own videos (MP4 and frame folders), splits, bad input."""
+
+import json
+import os
+import zipfile
+
+import imageio.v2 as imageio
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from iai_jax import config_lib, predict, weights
+from iai_jax.data import synthetic, tfds_builder
+from iai_jax.models import build_model, init_variables
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  cfg = config_lib.make_config('synthetic', 'tiny')
+  with cfg.unlocked():  # random weights: let candidates through
+    cfg.infer.score_thr = 0.0
+    cfg.infer.id_thr = 0.0
+    cfg.infer.video_score_thr = 0.0
+  variables = init_variables(build_model(cfg.model), jax.random.key(0))
+  return cfg, jax.device_get(variables)
+
+
+def _frames(n, h=72, w=120):
+  rng = np.random.default_rng(0)
+  return [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_predict_on_mp4_and_frame_folder(tiny, tmp_path):
+  cfg, variables = tiny
+  video = str(tmp_path / 'in.mp4')
+  imageio.mimwrite(video, _frames(6), fps=12, macro_block_size=1)
+  out = predict.predict_video(cfg, variables, video, str(tmp_path / 'o1'),
+                              gif=True, png=True, log=lambda *_: None)
+  reader = imageio.get_reader(out['video'])
+  assert reader.get_meta_data()['fps'] == pytest.approx(12, rel=0.01)
+  assert sum(1 for _ in reader) == 6
+  assert os.path.exists(out['gif'])
+  masks = sorted(os.listdir(tmp_path / 'o1' / 'masks'))
+  assert len(masks) == 6
+  png = Image.open(tmp_path / 'o1' / 'masks' / masks[0])
+  assert png.mode == 'P' and png.size == (120, 72)
+  results = json.load(open(out['results']))
+  for r in results:
+    assert len(r['segmentations']) == 6 and r['video_id'] == 1
+    assert 1 <= r['category_id'] <= cfg.model.num_classes
+  folder = tmp_path / 'frames'
+  folder.mkdir()
+  for i, f in enumerate(_frames(3)):
+    Image.fromarray(f).save(folder / f'{i:03d}.png')
+  out = predict.predict_video(cfg, variables, str(folder), str(tmp_path / 'o2'),
+                              log=lambda *_: None)
+  assert sum(1 for _ in imageio.get_reader(out['video'])) == 3
+
+
+def test_predict_bad_inputs_say_what_is_wrong(tiny, tmp_path):
+  cfg, variables = tiny
+  with pytest.raises(predict.PredictError, match='does not exist'):
+    predict.read_frames(str(tmp_path / 'nope.mp4'))
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(predict.PredictError, match='no image files'):
+    predict.read_frames(str(tmp_path / 'empty'))
+  bad = tmp_path / 'bad.mp4'
+  bad.write_bytes(b'this is not a video')
+  with pytest.raises(predict.PredictError, match='cannot read video'):
+    predict.read_frames(str(bad))
+  with pytest.raises(predict.PredictError, match='does not exist'):
+    predict.restore_variables(cfg, str(tmp_path / 'no_ckpt'))
+
+
+def test_checkpoint_that_does_not_fit_the_config(tiny, tmp_path):
+  cfg, variables = tiny
+  weights.save_variables(str(tmp_path / 'w'), variables, {'source': 'test'})
+  other = config_lib.make_config('synthetic', 'tiny')
+  with other.unlocked():
+    other.model.num_classes = 7
+  with pytest.raises(Exception, match='does not fit'):
+    predict.restore_variables(other, str(tmp_path / 'w'))
+
+
+def test_evaluate_split_writes_results_zip_and_scores(tiny, tmp_path):
+  cfg, variables = tiny
+  with cfg.unlocked():
+    cfg.dataset.root = str(tmp_path)
+    cfg.dataset.train_json = 'annotations.json'
+    cfg.dataset.train_frames = 'JPEGImages'
+    cfg.dataset.heldout_fraction = 0.34
+  synthetic.generate(str(tmp_path), 3, 4, 96, 160, 2, 0.3, seed=0)
+  tfds_builder.build(cfg, log=lambda *_: None)
+  logs = []
+  stats = predict.evaluate_split(cfg, variables, str(tmp_path / 'w'),
+                                 log=logs.append)
+  assert set(stats) >= {'AP', 'AP50', 'AR1', 'AR10'}
+  assert all(-1 <= v <= 1 for v in stats.values())
+  out = tmp_path / 'w' / 'eval_heldout'
+  with zipfile.ZipFile(out / 'results.zip') as z:
+    assert z.namelist() == ['results.json']
+  assert json.load(open(out / 'eval_metrics.json')) == stats
+  assert any('Average Precision' in l for l in logs)
