@@ -201,8 +201,11 @@ def _hidden_fraction(path):
 
 def test_synthetic_occlusion_rate_grows_with_the_setting(tmp_path):
   low = synthetic.generate(str(tmp_path / 'l'), 40, 10, 64, 96, 4, 0.0, seed=0)
+  mid = synthetic.generate(str(tmp_path / 'm'), 40, 10, 64, 96, 4, 0.5, seed=0)
   high = synthetic.generate(str(tmp_path / 'h'), 40, 10, 64, 96, 4, 0.9, seed=0)
-  assert _hidden_fraction(high) > 2 * _hidden_fraction(low)
+  rates = [_hidden_fraction(p) for p in (low, mid, high)]
+  # shapes in a small frame touch by chance; bent paths add real crossings
+  assert rates[0] < rates[1] < rates[2] and rates[2] > rates[0] + 0.25, rates
 
 
 @pytest.mark.parametrize('fmt', ['polygon', 'rle', 'uncompressed'])

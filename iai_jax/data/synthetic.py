@@ -15,7 +15,9 @@ arguments give the same files. Shapes are polygons rasterised by pycocotools,
 so ``mask_format='polygon'`` (where instances keep to separate lanes and never
 overlap, so the polygon *is* the visible mask) stores exactly the masks the
 frames were painted with; ``'rle'`` and ``'uncompressed'`` store the visible
-masks as compressed / uncompressed RLE.
+masks as compressed / uncompressed RLE. Each annotation also has OVIS's
+per-frame ``occlusion`` label (no / slight / severe: none, up to half, more
+than half of the shape's in-picture area hidden by others).
 
   python -m iai_jax.data.synthetic --out=data/synthetic/train --videos=120
 """
@@ -62,7 +64,7 @@ def _smooth_noise(rng, h, w, cells, channels=3) -> np.ndarray:
 def _instance(rng, k, n, h, w, num_frames, lanes: bool):
   cls = CLASSES[int(rng.integers(len(CLASSES)))]
   size = min(h, w)
-  r = rng.uniform(0.12, 0.22) * size
+  r = rng.uniform(0.18, 0.3) * size
   if lanes:  # polygon mode: instance k keeps to its own vertical lane
     lane = w / n
     r = min(r, 0.45 * lane)
@@ -107,21 +109,26 @@ def _cross_paths(rng, insts, num_frames, occlusion: float):
 
 def render_video(rng, num_frames, h, w, max_instances, occlusion,
                  lanes=False):
-  """-> (frames (T, h, w, 3) uint8, instances, visible masks (K, T, h, w))."""
+  """-> (frames (T, h, w, 3) uint8, instances, visible masks (K, T, h, w),
+  in-picture area of the whole shape (K, T))."""
   n = int(rng.integers(1, max_instances + 1))
   insts = [_instance(rng, k, n, h, w, num_frames, lanes) for k in range(n)]
   if not lanes:
     _cross_paths(rng, insts, num_frames, occlusion)
-  base = _smooth_noise(rng, h, w, 4)
-  detail = _smooth_noise(rng, h, w, 16)
+  # the background is larger than the picture: a slow camera pan crops it
+  drift = rng.uniform(-1, 1, 2) * 0.5  # pixels per frame (y, x)
+  pad = int(math.ceil(0.5 * num_frames)) + 1
+  base = _smooth_noise(rng, h + 2 * pad, w + 2 * pad, 4)
+  detail = _smooth_noise(rng, h + 2 * pad, w + 2 * pad, 16)
+  background = 0.55 * base + 0.25 * detail
   yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
   front_to_back = sorted(range(n), key=lambda k: -insts[k]['depth'])
   frames = np.zeros((num_frames, h, w, 3), np.uint8)
   masks = np.zeros((n, num_frames, h, w), bool)
-  drift = rng.uniform(-1, 1, 2) * 0.5
+  full_area = np.zeros((n, num_frames), np.int64)
   for t in range(num_frames):
-    shift = (int(drift[0] * t), int(drift[1] * t))  # slow camera pan
-    img = 0.55 * np.roll(base, shift, (0, 1)) + 0.25 * np.roll(detail, shift, (0, 1))
+    y0, x0 = pad + int(drift[0] * t), pad + int(drift[1] * t)
+    img = background[y0:y0 + h, x0:x0 + w].copy()
     covered = np.zeros((h, w), bool)
     full = {}
     for k in front_to_back:
@@ -133,6 +140,7 @@ def render_video(rng, num_frames, h, w, max_instances, occlusion,
                            s['angle0'] + s['spin'] * t)
       m = _raster(poly, h, w)
       full[k] = m
+      full_area[k, t] = m.sum()
       masks[k, t] = m & ~covered
       covered |= m
     for k in reversed(front_to_back):  # paint back to front
@@ -144,7 +152,14 @@ def render_video(rng, num_frames, h, w, max_instances, occlusion,
                                            + yy * math.sin(theta)))
       img[full[k]] = (s['colour'][None] * stripes[full[k]][:, None])
     frames[t] = np.clip(img * 255, 0, 255).astype(np.uint8)
-  return frames, insts, masks
+  return frames, insts, masks, full_area
+
+
+def occlusion_level(hidden: float) -> str:
+  """OVIS's per-frame label of the hidden share of an instance."""
+  if hidden <= 0:
+    return 'no_occlusion'
+  return 'slight_occlusion' if hidden <= 0.5 else 'severe_occlusion'
 
 
 def _encode(mask: np.ndarray, fmt: str, poly):
@@ -178,7 +193,7 @@ def generate(out_dir: str, num_videos: int, num_frames: int, height: int,
   for vi in range(num_videos):
     rng = np.random.default_rng([seed, vi])
     lanes = mask_format == 'polygon'
-    frames, insts, masks = render_video(rng, num_frames, height, width,
+    frames, insts, masks, full_area = render_video(rng, num_frames, height, width,
                                         max_instances, occlusion, lanes)
     name = f'{vi:05d}'
     os.makedirs(os.path.join(out_dir, frames_dir, name), exist_ok=True)
@@ -192,15 +207,20 @@ def generate(out_dir: str, num_videos: int, num_frames: int, height: int,
     videos.append({'id': vid, 'width': width, 'height': height,
                    'length': num_frames, 'file_names': files})
     for k, s in enumerate(insts):
-      segs, boxes, areas = [], [], []
+      segs, boxes, areas, occ = [], [], [], []
       for t in range(num_frames):
         m = masks[k, t]
         if not m.any():
           segs.append(None), boxes.append(None), areas.append(None)
+          occ.append(None)
           continue
+        occ.append(occlusion_level(1 - m.sum() / full_area[k, t]))
         c = s['p0'] + s['v'] * t
         poly = shape_polygon(s['cls'], c[0], c[1], s['r'],
                              s['angle0'] + s['spin'] * t)
+        if mask_format == 'polygon' and not np.array_equal(
+            m, _raster(poly, height, width)):
+          raise AssertionError('polygon and painted mask differ')  # lanes
         segs.append(_encode(m, mask_format, poly))
         ys, xs = np.nonzero(m)
         boxes.append([int(xs.min()), int(ys.min()),
@@ -211,7 +231,7 @@ def generate(out_dir: str, num_videos: int, num_frames: int, height: int,
       anns.append({'id': len(anns) + 1, 'video_id': vid,
                    'category_id': CLASSES.index(s['cls']) + 1, 'iscrowd': 0,
                    'segmentations': segs, 'bboxes': boxes, 'areas': areas,
-                   'height': height, 'width': width, 'length': 1})
+                   'occlusion': occ, 'height': height, 'width': width, 'length': 1})
   data = {'info': {'description': 'iai_jax synthetic videos', 'seed': seed,
                    'occlusion': occlusion},
           'videos': videos, 'annotations': anns,
