@@ -21,6 +21,7 @@ def get_config(arg=None):
     config.input.size = (s.height, s.width)
     config.input.train_max_long = s.width
     if occluded:
+      config.dataset.name = 'synthetic_occluded'  # own records and runs/
       config.dataset.root = 'data/synthetic_occluded'
       s.occlusion = 0.8
       s.seed = 1

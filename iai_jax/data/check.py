@@ -1,14 +1,22 @@
 """Dataset checker: reports everything wrong with a VIS dataset, and its stats.
 
   python -m iai_jax.data.check --config=configs/ytvis19.py [--split=valid]
+      [--config.dataset.root=/datasets/ytvis19]
 
 Problems it finds (all of them, not only the first): an unreadable or
-malformed JSON, missing frame files, masks whose size is not the video's,
-undecodable masks, per-frame lists whose length is not the frame count,
-unknown category ids, annotations of unknown videos, and videos with more
-(non-crowd) instances than the model can give IDs to (``max_obj_num - 2``).
-Statistics: videos, frames, instances per video, class histogram. Exit code 1
-when there are problems.
+malformed JSON, malformed videos / annotations / categories, missing frame
+files, masks whose size is not the video's, undecodable masks, per-frame
+lists whose length is not the frame count, unknown category ids,
+annotations of unknown videos, and videos with more (non-crowd) instances
+than the model can give IDs to: the tracker issues IDs 0..N-3 of the
+``N = model.max_obj_num`` slots (design card section 5, "IDs stop being
+issued at N-2"), so ``max_obj_num - 2`` instances a video.
+Statistics: videos, frames, instances per video (min / mean / max), crowd
+regions and the class histogram by name. Exit code 1 when there are
+problems.
+
+From Python: ``check_dataset(ann_path, frames_root, max_instances)`` returns a
+:class:`Report` (``.problems``, ``.stats``, ``.ok``, ``.format()``).
 """
 
 from __future__ import annotations
@@ -33,27 +41,94 @@ class Report:
     return not self.problems
 
   def format(self, limit: int = 50) -> str:
-    lines = ['dataset statistics:']
+    lines = ['dataset statistics:'] if self.stats else []
     for k, v in self.stats.items():
       if k == 'class_histogram':
         lines.append('  instances per class:')
         for name, n in v.items():
           lines.append(f'    {name:<24} {n}')
       else:
-        lines.append(f'  {k:<24} {v}')
+        lines.append(f'  {k:<36} {v}')
     if self.ok:
       lines.append('no problems found')
     else:
-      lines.append(f'{len(self.problems)} problems:')
+      n = len(self.problems)
+      lines.append(f'{n} problem{"s" if n > 1 else ""}:')
       lines += [f'  - {p}' for p in self.problems[:limit]]
       if len(self.problems) > limit:
         lines.append(f'  ... and {len(self.problems) - limit} more')
     return '\n'.join(lines)
 
 
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_videos(data, frames_root, problems) -> dict:
+  """Valid videos by id; problems appended for the others."""
+  have_frames = os.path.isdir(frames_root)
+  videos = {}
+  for i, v in enumerate(data['videos']):
+    if not isinstance(v, dict) or not _is_int(v.get('id')):
+      problems.append(f'videos[{i}] has no integer "id"')
+      continue
+    vid = v['id']
+    if vid in videos:
+      problems.append(f'video {vid}: the id appears twice in "videos"')
+      continue
+    h, w = v.get('height'), v.get('width')
+    if not (_is_int(h) and _is_int(w) and h > 0 and w > 0):
+      problems.append(f'video {vid}: height / width missing or not positive '
+                      f'integers ({h!r}, {w!r})')
+    names = v.get('file_names')
+    if not isinstance(names, list) or not names:
+      problems.append(f'video {vid}: no "file_names" list')
+      names = []
+    elif not all(isinstance(n, str) for n in names):
+      problems.append(f'video {vid}: "file_names" holds non-strings')
+      names = [n for n in names if isinstance(n, str)]
+    length = v.get('length')
+    if _is_int(length) and names and length != len(names):
+      problems.append(f'video {vid}: length {length}, but {len(names)} '
+                      'file_names')
+    videos[vid] = dict(v, file_names=names, height=h, width=w)
+    if have_frames:
+      missing = [os.path.join(frames_root, n) for n in names
+                 if not os.path.isfile(os.path.join(frames_root, n))]
+      if missing:
+        problems.append(f'video {vid}: {len(missing)} of {len(names)} frame '
+                        'files missing: ' + ', '.join(missing[:3])
+                        + (', ...' if len(missing) > 3 else ''))
+  return videos
+
+
+def _check_masks(a, v, where, problems) -> None:
+  """Mask sizes and decodability; one problem per annotation at most."""
+  h, w = v['height'], v['width']
+  if not (_is_int(h) and _is_int(w)):
+    return  # already reported with the video
+  for f, seg in enumerate(a['segmentations']):
+    if seg is None:
+      continue
+    if isinstance(seg, dict) and 'size' in seg and (
+        not isinstance(seg['size'], list) or list(seg['size']) != [h, w]):
+      problems.append(f'{where} frame {f}: mask size {seg["size"]}, the '
+                      f'video is [{h}, {w}]')
+      return
+    try:
+      vis_json.to_rle(seg, h, w, f'{where} frame {f}')
+    except vis_json.VisDataError as e:
+      problems.append(str(e))
+      return
+
+
 def check_dataset(ann_path: str, frames_root: str,
                   max_instances: int | None = None) -> Report:
-  """Checks one annotation file and its frames; never raises on bad data."""
+  """Checks one annotation file and its frames; never raises on bad data.
+
+  ``max_instances``: the most non-crowd instances a video may have (the
+  config's ``model.max_obj_num - 2``); None: not checked.
+  """
   problems: list[str] = []
   try:
     data = vis_json.read_json(ann_path)
@@ -64,58 +139,61 @@ def check_dataset(ann_path: str, frames_root: str,
     return Report([f'{ann_path}: not a YouTube-VIS / OVIS annotation file '
                    '(needs "videos" and "categories" lists)'], {})
   if not os.path.isdir(frames_root):
-    problems.append(f'frame folder {frames_root} does not exist')
-  cats = {c.get('id'): str(c.get('name', c.get('id')))
-          for c in data['categories'] if isinstance(c, dict)}
-  videos = {}
-  for i, v in enumerate(data['videos']):
-    if not isinstance(v, dict) or 'id' not in v:
-      problems.append(f'videos[{i}] has no "id"')
-      continue
-    names = v.get('file_names') or []
-    if not names:
-      problems.append(f'video {v["id"]}: no file_names')
-    videos[v['id']] = v
-    if os.path.isdir(frames_root):
-      missing = [n for n in names
-                 if not os.path.exists(os.path.join(frames_root, n))]
-      if missing:
-        problems.append(f'video {v["id"]}: {len(missing)} of {len(names)} '
-                        f'frame files missing, e.g. '
-                        f'{os.path.join(frames_root, missing[0])}')
+    problems.append(f'frame folder {os.path.abspath(frames_root)} does not '
+                    'exist (set --config.dataset.root / '
+                    'dataset.train_frames / dataset.val_frames)')
+  cats = {}
+  for i, c in enumerate(data['categories']):
+    if not isinstance(c, dict) or not _is_int(c.get('id')):
+      problems.append(f'categories[{i}] has no integer "id"')
+    elif c['id'] in cats:
+      problems.append(f'category id {c["id"]} appears twice')
+    else:
+      cats[c['id']] = str(c.get('name', c['id']))
+  videos = _check_videos(data, frames_root, problems)
+
+  annotations = data.get('annotations')
+  if annotations is None:
+    annotations = []
+  elif not isinstance(annotations, list):
+    problems.append('"annotations" is not a list')
+    annotations = []
   per_video = collections.Counter()
   classes = collections.Counter()
-  for i, a in enumerate(data.get('annotations') or []):
-    where = f'annotation {a.get("id", i)}'
+  crowd = 0
+  for i, a in enumerate(annotations):
+    if not isinstance(a, dict):
+      problems.append(f'annotations[{i}] is not an object')
+      continue
     vid = a.get('video_id')
+    where = f'annotation {a.get("id", f"#{i}")} (video {vid})'
     if vid not in videos:
       problems.append(f'{where}: video_id {vid} is not a video of the file')
       continue
     v = videos[vid]
-    n = len(v.get('file_names') or [])
+    n = len(v['file_names'])
     if a.get('category_id') not in cats:
-      problems.append(f'{where} (video {vid}): unknown category_id '
-                      f'{a.get("category_id")}')
+      problems.append(f'{where}: unknown category_id {a.get("category_id")} '
+                      f'(known: {sorted(cats)})')
     else:
       classes[cats[a['category_id']]] += 1
+    if not isinstance(a.get('segmentations'), list):
+      problems.append(f'{where}: no "segmentations" list (one entry per '
+                      'frame, null where absent)')
     for key in ('segmentations', 'bboxes', 'areas', 'occlusion'):
       if isinstance(a.get(key), list) and len(a[key]) != n:
-        problems.append(f'{where} (video {vid}): {key} has {len(a[key])} '
-                        f'entries, the video has {n} frames')
-    h, w = v.get('height'), v.get('width')
-    for f, seg in enumerate(a.get('segmentations') or []):
-      if seg is None:
-        continue
-      if isinstance(seg, dict) and 'size' in seg and list(seg['size']) != [h, w]:
-        problems.append(f'{where} (video {vid}) frame {f}: mask size '
-                        f'{list(seg["size"])}, the video is [{h}, {w}]')
-        break
-      try:
-        vis_json.to_rle(seg, h, w, f'{where} frame {f}')
-      except vis_json.VisDataError as e:
-        problems.append(str(e))
-        break
-    if not a.get('iscrowd', 0):
+        problems.append(f'{where}: {key} has {len(a[key])} entries, the '
+                        f'video has {n} frames')
+    bad_occ = [o for o in a.get('occlusion') or [] if o is not None
+               and o not in vis_json.OCCLUSION_LEVELS]
+    if bad_occ:
+      problems.append(f'{where}: occlusion value {bad_occ[0]!r} is not one '
+                      f'of {", ".join(vis_json.OCCLUSION_LEVELS)} or null')
+    if isinstance(a.get('segmentations'), list):
+      _check_masks(a, v, where, problems)
+    if a.get('iscrowd', 0):
+      crowd += 1
+    else:
       per_video[vid] += 1
   if max_instances is not None:
     for vid, k in sorted(per_video.items()):
@@ -123,39 +201,55 @@ def check_dataset(ann_path: str, frames_root: str,
         problems.append(f'video {vid}: {k} instances, more than the '
                         f'{max_instances} IDs the model can issue '
                         '(model.max_obj_num - 2); the extra ones are ignored '
-                        'in training and cannot be tracked')
+                        'in training and cannot be tracked. Raise '
+                        '--config.model.max_obj_num or drop the video.')
   counts = np.array([per_video.get(v, 0) for v in videos] or [0])
   stats = {
       'videos': len(videos),
-      'frames': sum(len(v.get('file_names') or []) for v in videos.values()),
+      'frames': sum(len(v['file_names']) for v in videos.values()),
       'instances': int(counts.sum()),
       'instances per video (min/mean/max)':
           f'{counts.min()}/{counts.mean():.2f}/{counts.max()}',
-      'class_histogram': {name: classes.get(name, 0)
-                          for name in sorted(set(cats.values()))},
+      'crowd regions': crowd,
+      'categories': len(cats),
+      'class_histogram': {name: classes.get(name, 0)  # category id order
+                          for name in dict.fromkeys(cats[c]
+                                                    for c in sorted(cats))},
   }
   return Report(problems, stats)
 
 
-def check_config(config, split: str = 'train') -> Report:
+def check_config(config, split: str = 'train', log=print) -> Report:
+  """Checks the dataset a config points at (``split``: train or valid)."""
   from iai_jax.data import tfds_builder
+  if split == 'train' and config.dataset.synthetic.num_videos > 0:
+    from iai_jax.data import synthetic
+    synthetic.ensure_synthetic(config, log=log)
   ann, frames = tfds_builder.dataset_paths(config, split)
+  log(f'checking {os.path.abspath(ann)} with frames under '
+      f'{os.path.abspath(frames)}')
   return check_dataset(ann, frames, config.model.max_obj_num - 2)
 
 
 def main(argv):
-  del argv
+  from absl import app
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = _CONFIG.value
   if config is None:
-    raise app.UsageError('--config is required')
+    raise app.UsageError('--config is required, e.g. '
+                         '--config=configs/ytvis19.py')
   report = check_config(config, _SPLIT.value)
   print(report.format())
   sys.exit(0 if report.ok else 1)
 
 
 if __name__ == '__main__':
+  # The flags live here so that importing the module defines none.
   from absl import app, flags
   from ml_collections import config_flags
-  _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/*.py')
-  _SPLIT = flags.DEFINE_enum('split', 'train', ['train', 'valid'], 'Split.')
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', None, 'A configs/*.py file, optionally with ":variants".')
+  _SPLIT = flags.DEFINE_enum('split', 'train', ['train', 'valid'],
+                             'Which annotation file to check.')
   app.run(main)

@@ -5,8 +5,9 @@ instances of four classes (circle, square, triangle, star). An instance has
 its class's hue (jittered), a striped texture of its own, a size, a
 rotation speed and a straight path; some enter after the first frame or
 leave before the last, some move out of the picture. ``occlusion`` (0..1) is
-the chance that an instance's path is bent to cross another's, and instances
-are drawn in a random depth order, so crossing ones hide each other; the
+the chance that an instance's path is bent to cross another's (otherwise it
+is drawn to keep clear of the others where it can), and instances are drawn
+in a random depth order, so crossing ones hide each other; the
 annotations hold the *visible* masks (null where an instance is absent or
 completely hidden), as in YouTube-VIS and OVIS.
 
@@ -70,11 +71,10 @@ def _instance(rng, k, n, h, w, num_frames, lanes: bool):
     r = min(r, 0.45 * lane)
     x0 = lane * (k + 0.5)
     vx = 0.0
+    y0 = rng.uniform(0.15, 0.85) * h
+    vy = rng.uniform(-0.03, 0.03) * h
   else:
-    x0 = rng.uniform(0.1, 0.9) * w
-    vx = rng.uniform(-0.04, 0.04) * w
-  y0 = rng.uniform(0.15, 0.85) * h
-  vy = rng.uniform(-0.03, 0.03) * h
+    (x0, y0), (vx, vy) = _draw_path(rng, h, w)
   start, end = 0, num_frames
   if num_frames > 3 and rng.uniform() < 0.35:  # enters late or leaves early
     if rng.uniform() < 0.5:
@@ -92,19 +92,55 @@ def _instance(rng, k, n, h, w, num_frames, lanes: bool):
           'depth': rng.uniform()}
 
 
-def _cross_paths(rng, insts, num_frames, occlusion: float):
-  """With probability ``occlusion`` bend an instance's path onto another's."""
+def _draw_path(rng, h, w):
+  """Start point and velocity (pixels per frame) of a straight path."""
+  x0 = rng.uniform(0.1, 0.9) * w
+  vx = rng.uniform(-0.04, 0.04) * w
+  y0 = rng.uniform(0.15, 0.85) * h
+  vy = rng.uniform(-0.03, 0.03) * h
+  return np.array([x0, y0]), np.array([vx, vy])
+
+
+def _clearance(a, b) -> float:
+  """Least gap between the outer circles of a and b while both are shown."""
+  lo, hi = max(a['start'], b['start']), min(a['end'], b['end'])
+  if hi <= lo:
+    return math.inf
+  t = np.arange(lo, hi)[:, None]
+  d = np.linalg.norm((a['p0'] + a['v'] * t) - (b['p0'] + b['v'] * t), axis=1)
+  return float(d.min() - a['r'] - b['r'])
+
+
+def _arrange_paths(rng, insts, h, w, occlusion: float, tries: int = 24):
+  """Instance j > 0 crosses an earlier one with probability ``occlusion``.
+
+  Crossing: its path is bent to meet an earlier instance's at a random
+  common frame. Otherwise its path is redrawn (up to ``tries`` times) to keep
+  clear of all earlier ones; the clearest draw is kept when none is clear
+  (large shapes in a small picture), so ``occlusion=0`` still has some
+  contact, far less than ``occlusion=1``.
+  """
   for j in range(1, len(insts)):
-    if rng.uniform() >= occlusion:
+    b = insts[j]
+    if rng.uniform() < occlusion:
+      i = int(rng.integers(j))
+      a = insts[i]
+      lo, hi = max(a['start'], b['start']), min(a['end'], b['end'])
+      if hi - lo < 2:
+        continue
+      tc = int(rng.integers(lo, hi))
+      target = a['p0'] + a['v'] * tc + rng.normal(0, 0.3 * a['r'], 2)
+      b['p0'] = target - b['v'] * tc
       continue
-    i = int(rng.integers(j))
-    a, b = insts[i], insts[j]
-    lo, hi = max(a['start'], b['start']), min(a['end'], b['end'])
-    if hi - lo < 2:
-      continue
-    tc = int(rng.integers(lo, hi))
-    target = a['p0'] + a['v'] * tc + rng.normal(0, 0.3 * a['r'], 2)
-    b['p0'] = target - b['v'] * tc
+    best = (min(_clearance(a, b) for a in insts[:j]), b['p0'], b['v'])
+    for _ in range(tries):
+      if best[0] >= 1:
+        break
+      b['p0'], b['v'] = _draw_path(rng, h, w)
+      gap = min(_clearance(a, b) for a in insts[:j])
+      if gap > best[0]:
+        best = (gap, b['p0'], b['v'])
+    b['p0'], b['v'] = best[1], best[2]
 
 
 def render_video(rng, num_frames, h, w, max_instances, occlusion,
@@ -114,7 +150,7 @@ def render_video(rng, num_frames, h, w, max_instances, occlusion,
   n = int(rng.integers(1, max_instances + 1))
   insts = [_instance(rng, k, n, h, w, num_frames, lanes) for k in range(n)]
   if not lanes:
-    _cross_paths(rng, insts, num_frames, occlusion)
+    _arrange_paths(rng, insts, h, w, occlusion)
   # the background is larger than the picture: a slow camera pan crops it
   drift = rng.uniform(-1, 1, 2) * 0.5  # pixels per frame (y, x)
   pad = int(math.ceil(0.5 * num_frames)) + 1

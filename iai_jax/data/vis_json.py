@@ -16,8 +16,10 @@ are written back with them). Crowd instances stay in the data with
 Held-out split (:func:`heldout_split`): the training videos' ids, sorted,
 shuffled by ``numpy.random.default_rng(seed)``; the first
 ``round(fraction * n)`` (at least one when the fraction is positive and there
-are two or more videos) are held out. The same config always gives the same
-split.
+are two or more videos, and never all of them) are held out; both id lists
+are returned sorted. The same config always gives the same split.
+:func:`write_heldout_gt` writes the held-out videos' original annotations as
+a ground-truth file for :mod:`iai_jax.evaluate`.
 """
 
 from __future__ import annotations
@@ -100,6 +102,10 @@ def to_rle(seg, height: int, width: int, where: str) -> dict:
             f'{where}: mask size {list(seg["size"])} does not match the video '
             f'size [{height}, {width}] (height, width)')
       if isinstance(seg['counts'], list):
+        if sum(seg['counts']) != height * width:
+          raise VisDataError(
+              f'{where}: the uncompressed RLE counts sum to '
+              f'{sum(seg["counts"])}, not height*width = {height * width}')
         rle = mask_utils.frPyObjects(seg, height, width)
       else:
         counts = seg['counts']
@@ -116,53 +122,98 @@ def to_rle(seg, height: int, width: int, where: str) -> dict:
   return {'size': [height, width], 'counts': rle['counts']}
 
 
+OCCLUSION_LEVELS = ('no_occlusion', 'slight_occlusion', 'severe_occlusion')
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
 def parse(data: dict, path: str = '<json>') -> tuple[list, dict, list]:
   """Structural checks; returns (videos, {video id: [annotations]}, categories).
 
   Raises VisDataError on the first structural problem (missing keys, wrong
   types, list lengths that differ from the frame count, unknown categories).
   """
+  fmt = ('see data/README.md for the YouTube-VIS / OVIS format, or run '
+         'python -m iai_jax.data.check to list every problem')
   if not isinstance(data, dict):
     raise VisDataError(f'{path}: expected a JSON object with "videos", '
-                       '"annotations" and "categories"')
+                       f'"annotations" and "categories"; {fmt}')
   for key in ('videos', 'categories'):
     if not isinstance(data.get(key), list):
       raise VisDataError(f'{path}: no "{key}" list; is this a YouTube-VIS / '
-                         'OVIS annotation file?')
+                         f'OVIS annotation file? ({fmt})')
+  if not isinstance(data.get('annotations', []), (list, type(None))):
+    raise VisDataError(f'{path}: "annotations" is not a list')
   cats = []
   for i, c in enumerate(data['categories']):
-    if not isinstance(c, dict) or not isinstance(c.get('id'), int):
-      raise VisDataError(f'{path}: categories[{i}] has no integer "id"')
+    if not isinstance(c, dict) or not _is_int(c.get('id')):
+      raise VisDataError(f'{path}: categories[{i}] has no integer "id"; '
+                         'each category needs {"id": int, "name": str}')
     cats.append((c['id'], str(c.get('name', c['id']))))
   cats.sort()
-  cat_ids = {c for c, _ in cats}
-  videos = []
+  cat_ids = [c for c, _ in cats]
+  if len(set(cat_ids)) != len(cat_ids):
+    raise VisDataError(f'{path}: duplicate category ids in "categories"')
+  cat_ids = set(cat_ids)
+  videos, by_id = [], {}
   for i, v in enumerate(data['videos']):
+    if not isinstance(v, dict):
+      raise VisDataError(f'{path}: videos[{i}] is not an object; {fmt}')
     for key in ('id', 'height', 'width', 'file_names'):
       if key not in v:
-        raise VisDataError(f'{path}: videos[{i}] has no "{key}"')
+        raise VisDataError(f'{path}: videos[{i}] has no "{key}" (every video '
+                           'needs id, height, width and file_names)')
+    if not all(_is_int(v[k]) for k in ('id', 'height', 'width')) or min(
+        v['height'], v['width']) < 1:
+      raise VisDataError(f'{path}: videos[{i}]: id, height and width must be '
+                         'integers (height, width > 0)')
     if not isinstance(v['file_names'], list) or not v['file_names']:
-      raise VisDataError(f'{path}: video {v["id"]} has no frame file names')
+      raise VisDataError(f'{path}: video {v["id"]} has no frame file names '
+                         '("file_names" must be a non-empty list of paths '
+                         'relative to the frames folder)')
+    if v['id'] in by_id:
+      raise VisDataError(f'{path}: video id {v["id"]} appears twice in '
+                         '"videos"')
     videos.append(v)
-  by_id = {v['id']: v for v in videos}
+    by_id[v['id']] = v
   anns: dict[int, list] = {v['id']: [] for v in videos}
   for i, a in enumerate(data.get('annotations') or []):
     where = f'{path}: annotations[{i}]'
+    if not isinstance(a, dict):
+      raise VisDataError(f'{where} is not an object')
+    if 'id' in a:
+      where += f' (id {a["id"]})'
     for key in ('video_id', 'category_id', 'segmentations'):
       if key not in a:
-        raise VisDataError(f'{where} has no "{key}"')
+        raise VisDataError(f'{where} has no "{key}" (every annotation needs '
+                           'video_id, category_id and per-frame '
+                           'segmentations)')
     if a['video_id'] not in by_id:
-      raise VisDataError(f'{where}: video_id {a["video_id"]} is not in "videos"')
+      raise VisDataError(f'{where}: video_id {a["video_id"]} is not in '
+                         '"videos"')
     if a['category_id'] not in cat_ids:
       raise VisDataError(
           f'{where}: category_id {a["category_id"]} is not in "categories" '
-          f'(known ids: {sorted(cat_ids)})')
+          f'(known ids: {sorted(cat_ids)}); add the category or fix the id')
     n = len(by_id[a['video_id']]['file_names'])
     for key in ('segmentations', 'bboxes', 'areas', 'occlusion'):
-      if key in a and a[key] is not None and len(a[key]) != n:
+      if key not in a or (a[key] is None and key != 'segmentations'):
+        continue
+      if not isinstance(a[key], list):
+        raise VisDataError(f'{where}: "{key}" must be a list with one entry '
+                           'per frame (null where the instance is absent)')
+      if len(a[key]) != n:
         raise VisDataError(
             f'{where}: "{key}" has {len(a[key])} entries but video '
-            f'{a["video_id"]} has {n} frames')
+            f'{a["video_id"]} has {n} frames (one entry per frame, null '
+            'where the instance is absent)')
+    bad = [o for o in a.get('occlusion') or []
+           if o is not None and o not in OCCLUSION_LEVELS]
+    if bad:
+      raise VisDataError(f'{where}: occlusion value {bad[0]!r} is not one of '
+                         f'{", ".join(OCCLUSION_LEVELS)} or null')
     anns[a['video_id']].append(a)
   return videos, anns, cats
 
@@ -202,7 +253,9 @@ def load_vis_json(ann_path: str, frames_root: str, *,
     raise VisDataError(
         f'{len(missing)} frame files listed in {ann_path} are missing, e.g. '
         + ', '.join(missing[:3]) + '. Is dataset.train_frames / '
-        'dataset.val_frames the folder the file names are relative to?')
+        'dataset.val_frames (relative to --config.dataset.root=...) the '
+        'folder the file names are relative to? python -m '
+        'iai_jax.data.check lists them for every video.')
   return VisDataset(videos=videos, categories=cats, frames_root=frames_root,
                     path=ann_path)
 
@@ -221,3 +274,39 @@ def heldout_split(dataset: VisDataset, fraction: float,
   held = sorted(ids[i] for i in order[:k])
   held_set = set(held)
   return [i for i in ids if i not in held_set], held
+
+
+def heldout_ground_truth(data: dict | str, video_ids) -> dict:
+  """The annotation JSON (a dict, or its path) restricted to ``video_ids``.
+
+  Videos and annotations are kept as they are in the file (original ids,
+  mask formats, ``areas``, OVIS ``occlusion``), with every category, so that
+  :mod:`iai_jax.evaluate` scores them like the benchmark server would.
+  """
+  if isinstance(data, (str, os.PathLike)):
+    data = read_json(os.fspath(data))
+  parse(data)  # the same structural checks as the reader
+  keep = {int(i) for i in video_ids}
+  unknown = keep - {v['id'] for v in data['videos']}
+  if unknown:
+    raise VisDataError(f'video ids {sorted(unknown)} are not in the '
+                       'annotation file')
+  return {'info': data.get('info', {}), 'licenses': data.get('licenses', []),
+          'categories': data['categories'],
+          'videos': [v for v in data['videos'] if v['id'] in keep],
+          'annotations': [a for a in data.get('annotations') or []
+                          if a['video_id'] in keep]}
+
+
+def write_heldout_gt(data: dict | str, video_ids, out_path: str) -> str:
+  """Writes :func:`heldout_ground_truth` to ``out_path``; returns the path.
+
+  E.g. ``write_heldout_gt(train_json, heldout_split(ds, 0.1, 0)[1],
+  'heldout_gt.json')``, then ``python -m iai_jax.evaluate
+  --gt=heldout_gt.json --results=results.json``.
+  """
+  gt = heldout_ground_truth(data, video_ids)
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  with open(out_path, 'w', encoding='utf-8') as f:
+    json.dump(gt, f)
+  return out_path
