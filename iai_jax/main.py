@@ -41,7 +41,9 @@ _SPLIT = flags.DEFINE_enum('split', None, ['heldout', 'valid'],
 _INPUT = flags.DEFINE_string('input', None, 'predict: a video file or a folder '
                              'of frames.')
 _OUTPUT = flags.DEFINE_string('output', None, 'predict: output folder.')
-_GIF = flags.DEFINE_bool('gif', False, 'predict: also write an overlay GIF.')
+_GIF = flags.DEFINE_bool('gif', False, 'predict: also write an overlay GIF; '
+                         'eval: write the overlay GIF of the first video '
+                         '(train_and_eval always does).')
 _PNG = flags.DEFINE_bool('png_masks', False,
                          'predict: also write indexed PNG masks per frame.')
 _FPS = flags.DEFINE_float('fps', None, 'predict: frame rate of a frame folder '
@@ -95,7 +97,8 @@ def main(argv):
                                   'batch_stats': state.batch_stats})
     else:
       variables = predict.restore_variables(config, _CHECKPOINT.value or workdir)
-    predict.evaluate_split(config, variables, workdir, _SPLIT.value)
+    predict.evaluate_split(config, variables, workdir, _SPLIT.value,
+                           overlay=_GIF.value or mode == 'train_and_eval')
   except (tfds_builder.DatasetMissingError, tfds_builder.RecordsMissingError,
           predict.PredictError, vis_json.VisDataError) as e:
     sys.exit(f'error: {e}')

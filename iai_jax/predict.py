@@ -82,15 +82,9 @@ def _categories(config):
 
 def heldout_ground_truth(config, video_ids) -> dict:
   """The training annotation JSON restricted to ``video_ids``."""
-  from iai_jax.data import tfds_builder
+  from iai_jax.data import tfds_builder, vis_json
   ann, _ = tfds_builder.dataset_paths(config, 'train')
-  with open(ann) as f:
-    gt = json.load(f)
-  keep = set(int(v) for v in video_ids)
-  return {'info': gt.get('info', {}), 'categories': gt['categories'],
-          'videos': [v for v in gt['videos'] if v['id'] in keep],
-          'annotations': [a for a in gt.get('annotations') or []
-                          if a['video_id'] in keep]}
+  return vis_json.heldout_ground_truth(ann, video_ids)
 
 
 def _progress(total, unit):
@@ -113,8 +107,20 @@ def run_videos(segmenter, videos, category_ids, *, total_frames=None):
   return out
 
 
+def overlay_gif(config, variables, frames, path: str, fps: float = 6.0) -> str:
+  """Runs one video and writes its overlay (IDs, classes, scores) as a GIF."""
+  import imageio.v2 as imageio
+  cats = _categories(config)
+  names = [n for _, n in cats]
+  segmenter = inference.OnlineSegmenter(config, variables)
+  overlays = [draw_overlay(f, segmenter.step(f), names) for f in frames]
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  imageio.mimwrite(path, overlays, duration=1000.0 / fps, loop=0)
+  return path
+
+
 def evaluate_split(config, variables, workdir: str, split: str | None = None,
-                   log=print) -> dict | None:
+                   log=print, overlay: bool = False) -> dict | None:
   """Online inference on every video of ``split`` of the TFDS records.
 
   ``split``: 'heldout' (default when it exists: scored locally) or 'valid'
@@ -150,6 +156,11 @@ def evaluate_split(config, variables, workdir: str, split: str | None = None,
   json_path, zip_path = results_lib.write_submission(results, out_dir,
                                                      videos_meta)
   log(f'wrote {json_path} and {zip_path}')
+  if overlay and records:
+    gif = overlay_gif(config, variables,
+                      [pipeline.decode_jpeg(f) for f in records[0]['frames']],
+                      os.path.join(out_dir, f'overlay_video{videos_meta[0]["id"]}.gif'))
+    log(f'wrote {gif}')
   if split != 'heldout':
     log('no local ground truth for this split: upload the zip to the '
         'benchmark server to score it')

@@ -94,7 +94,7 @@ def test_evaluate_split_writes_results_zip_and_scores(tiny, tmp_path):
   tfds_builder.build(cfg, log=lambda *_: None)
   logs = []
   stats = predict.evaluate_split(cfg, variables, str(tmp_path / 'w'),
-                                 log=logs.append)
+                                 log=logs.append, overlay=True)
   assert set(stats) >= {'AP', 'AP50', 'AR1', 'AR10'}
   assert all(-1 <= v <= 1 for v in stats.values())
   out = tmp_path / 'w' / 'eval_heldout'
@@ -102,3 +102,5 @@ def test_evaluate_split_writes_results_zip_and_scores(tiny, tmp_path):
     assert z.namelist() == ['results.json']
   assert json.load(open(out / 'eval_metrics.json')) == stats
   assert any('Average Precision' in l for l in logs)
+  gifs = [f for f in os.listdir(out) if f.endswith('.gif')]
+  assert len(gifs) == 1 and Image.open(out / gifs[0]).n_frames == 4
