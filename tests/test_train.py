@@ -30,6 +30,21 @@ def _run_check(tmp_path, mode, name, extra=(), background=False):
   return np.load(out)
 
 
+def _assert_same_params(actual, desired):
+  """Parameters after the check's 2 AdamW steps agree with the 1-device run.
+
+  A different reduction order changes a gradient by ~1e-7 relative. Where a
+  gradient is itself at that noise level, Adam's normalised step (m / sqrt(v)
+  is +-1 on step 1) can point the other way, so such an element may differ by
+  up to one step of each learning rate (1e-7 + 5e-5 here). Every other
+  element must agree to 2e-6, and those noise-level elements must be rare: a
+  missing gradient all-reduce or a wrong batch split changes most of them.
+  """
+  diff = np.abs(np.asarray(actual) - np.asarray(desired))
+  assert diff.max() <= 1e-4, diff.max()
+  assert (diff > 2e-6).mean() < 1e-3, (diff > 2e-6).mean()
+
+
 @pytest.fixture(scope='module')
 def single_device(tmp_path_factory):
   return _run_check(tmp_path_factory.mktemp('single'), 'single', 'single')
@@ -40,7 +55,7 @@ def test_sharded_step_equals_single_device(single_device, tmp_path):
   sharded = _run_check(tmp_path, 'sharded', 'sharded')
   assert int(sharded['devices']) == 8
   np.testing.assert_allclose(sharded['losses'], single_device['losses'], rtol=1e-5)
-  np.testing.assert_allclose(sharded['params'], single_device['params'], atol=2e-6)
+  _assert_same_params(sharded['params'], single_device['params'])
   # the step did change the parameters
   assert np.abs(sharded['params']).sum() > 0
 
@@ -58,7 +73,7 @@ def test_two_process_distributed_equals_single_device(single_device, tmp_path):
   dist = np.load(procs[0][1])
   assert int(dist['devices']) == 2
   np.testing.assert_allclose(dist['losses'], single_device['losses'], rtol=1e-5)
-  np.testing.assert_allclose(dist['params'], single_device['params'], atol=2e-6)
+  _assert_same_params(dist['params'], single_device['params'])
 
 
 def test_overfitting_one_clip_drops_the_loss():

@@ -1,0 +1,651 @@
+"""Local YouTube-VIS / OVIS video instance segmentation evaluation.
+
+A self-contained re-implementation of the benchmark metric (track-level mask
+AP/AR with a spatio-temporal IoU) that reproduces the numbers of the official
+YouTube-VIS evaluation code and of its OVIS variant, including their corner
+cases (see ``shared/reference/vis-format-and-metric.md``):
+
+* track area = mean of the truthy per-frame areas (GT: the stored ``areas``;
+  results: the RLE areas), area ranges closed on both ends;
+* crowd GT tracks (truthy ``iscrowd``) are ignore regions; those with
+  ``int(iscrowd) != 0`` can absorb several detections;
+* spatio-temporal IoU over ``zip(prediction frames, GT frames)`` (the shorter
+  list wins; frames whose masks differ in size add nothing);
+* an IoU equal to a threshold matches; among equal IoUs the later GT wins;
+* stable (mergesort) score ordering: within a (video, category) the results
+  file order, across videos the ascending video id;
+* top-100 detections per (video, category), then 1/10/100 in the
+  accumulation;
+* GT annotations with id 0 are never true positives;
+* OVIS: occlusion score of a track = mean of its top ``ceil(n/2)`` per-frame
+  occlusion scores, closed occlusion bins, detections never filtered by
+  occlusion, equal prediction / GT sequence lengths required.
+
+Unlike the official code an empty results list is valid: AP/AR are 0 where
+ground truth exists and -1 elsewhere.
+
+Usage::
+
+  python -m iai_jax.evaluate --gt GT.json --results RESULTS.json [--ovis] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import numbers
+import os
+import sys
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+# ---------------------------------------------------------------- parameters
+
+# Built exactly like the benchmark's parameters, so that equality tests
+# (0.5, 0.75) and the recall sampling use bit-identical values.
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10, endpoint=True)
+RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101, endpoint=True)
+MAX_DETS = (1, 10, 100)
+AREA_RANGES = ((0, 1e5 ** 2), (0, 128 ** 2), (128 ** 2, 256 ** 2),
+               (256 ** 2, 1e5 ** 2))
+AREA_LABELS = ('all', 'small', 'medium', 'large')
+OCC_RANGES = ((0, 1), (0, 0.25), (0.25, 0.5), (0.5, 1))
+OCC_LABELS = ('all', 'light', 'medium', 'heavy')
+OCC_SCORES = {'no_occlusion': 0.0, 'slight_occlusion': 0.25,
+              'severe_occlusion': 0.75}
+
+YTVIS_KEYS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
+              'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
+OVIS_KEYS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'APso', 'APmo', 'APho',
+             'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl', 'ARso', 'ARmo',
+             'ARho')
+
+# (key, is_ap, iou_threshold, area_label, occlusion_label, max_dets)
+_SUMMARY = {
+    'AP': (True, None, 'all', 'all', 100),
+    'AP50': (True, 0.5, 'all', 'all', 100),
+    'AP75': (True, 0.75, 'all', 'all', 100),
+    'APs': (True, None, 'small', 'all', 100),
+    'APm': (True, None, 'medium', 'all', 100),
+    'APl': (True, None, 'large', 'all', 100),
+    'APso': (True, None, 'all', 'light', 100),
+    'APmo': (True, None, 'all', 'medium', 100),
+    'APho': (True, None, 'all', 'heavy', 100),
+    'AR1': (False, None, 'all', 'all', 1),
+    'AR10': (False, None, 'all', 'all', 10),
+    'AR100': (False, None, 'all', 'all', 100),
+    'ARs': (False, None, 'small', 'all', 100),
+    'ARm': (False, None, 'medium', 'all', 100),
+    'ARl': (False, None, 'large', 'all', 100),
+    'ARso': (False, None, 'all', 'light', 100),
+    'ARmo': (False, None, 'all', 'medium', 100),
+    'ARho': (False, None, 'all', 'heavy', 100),
+}
+
+
+class EvaluationError(ValueError):
+  """Bad evaluation input.
+
+  ``source`` says which input is at fault: ``'gt'``, ``'results'`` or ``None``.
+  """
+
+  def __init__(self, message: str, source: str | None = None):
+    super().__init__(message)
+    self.source = source
+
+
+# ---------------------------------------------------------------- tracks
+
+
+@dataclasses.dataclass
+class _Track:
+  """One GT annotation or one result, prepared for matching."""
+  ann_id: int            # GT: annotation id; results: list index + 1
+  label: str             # for error messages
+  seq: list              # per frame: RLE dict or None
+  avg_area: float
+  crowd: bool = False     # ignore region (truthy iscrowd)
+  reusable: bool = False  # may absorb several detections (int(iscrowd) != 0)
+  score: float = 0.0
+  occ_score: float = 0.0
+  areas: np.ndarray | None = None  # per frame RLE area, -1 where absent
+  sizes: list | None = None        # per frame (h, w) or None
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _avg_area(values) -> float:
+  """Mean of the truthy entries (None and 0 skipped); 0 if there are none."""
+  kept = [a for a in values if a]
+  if not kept:
+    return 0
+  return np.array(kept).mean()
+
+
+def _occlusion_score(levels, label: str) -> float:
+  """Mean of the top ceil(n/2) per-frame occlusion scores (nulls skipped)."""
+  scores = []
+  for f, level in enumerate(levels):
+    if level is None:
+      continue
+    if level not in OCC_SCORES:
+      raise EvaluationError(
+          f'{label}: occlusion[{f}] is {level!r}, expected one of '
+          f'{sorted(OCC_SCORES)} or null', 'gt')
+    scores.append(OCC_SCORES[level])
+  if not scores:
+    raise EvaluationError(f'{label}: occlusion has no non-null frame', 'gt')
+  scores.sort()
+  top = scores[-math.ceil(len(scores) / 2):]
+  return sum(top) / len(top)
+
+
+def _is_compressed_rle(seg) -> bool:
+  return (isinstance(seg, dict) and isinstance(seg.get('counts'), (str, bytes))
+          and isinstance(seg.get('size'), Sequence) and len(seg['size']) == 2)
+
+
+def _gt_frame_to_rle(seg, video: dict, label: str, frame: int) -> dict:
+  """Polygon list, uncompressed RLE or compressed RLE -> compressed RLE."""
+  if _is_compressed_rle(seg):
+    return seg
+  polygon = isinstance(seg, list)
+  uncompressed = (isinstance(seg, dict) and isinstance(seg.get('counts'), list)
+                  and 'size' in seg)
+  if not (polygon or uncompressed):
+    raise EvaluationError(
+        f'{label}: segmentations[{frame}] is neither a polygon list, an RLE '
+        'nor null', 'gt')
+  h, w = video.get('height'), video.get('width')
+  if not (_is_int(h) and _is_int(w)):
+    raise EvaluationError(
+        f'video {video["id"]} needs integer "height" and "width" to decode '
+        f'{label} segmentations[{frame}]', 'gt')
+  try:
+    if polygon:
+      return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    return mask_utils.frPyObjects(seg, h, w)
+  except Exception as e:  # pycocotools raises bare Exception / TypeError
+    raise EvaluationError(
+        f'{label}: cannot decode segmentations[{frame}]: {e}', 'gt') from e
+
+
+def _finish_track(track: _Track) -> _Track:
+  """Pre-computes the per-frame RLE areas and mask sizes of a track."""
+  present = [f for f, s in enumerate(track.seq) if s is not None]
+  areas = np.full(len(track.seq), -1, np.int64)
+  sizes = [None] * len(track.seq)
+  if present:
+    areas[present] = mask_utils.area([track.seq[f] for f in present])
+    for f in present:
+      sizes[f] = (int(track.seq[f]['size'][0]), int(track.seq[f]['size'][1]))
+  track.areas = areas
+  track.sizes = sizes
+  return track
+
+
+# ---------------------------------------------------------------- input
+
+
+def _require(obj: dict, keys, label: str, source: str):
+  for key in keys:
+    if key not in obj:
+      raise EvaluationError(f'{label} has no "{key}" key', source)
+
+
+def _parse_gt(gt, ovis: bool):
+  """-> (video ids sorted, {video id: video}, category ids sorted, names,
+  {(video, category): [GT tracks in file order]})."""
+  if not isinstance(gt, dict):
+    raise EvaluationError(
+        f'ground truth must be a JSON object, got {type(gt).__name__}', 'gt')
+  for key in ('videos', 'categories'):
+    if not isinstance(gt.get(key), list):
+      raise EvaluationError(f'ground truth has no "{key}" list', 'gt')
+  annotations = gt.get('annotations')
+  if annotations is None:
+    annotations = []
+  if not isinstance(annotations, list):
+    raise EvaluationError('ground truth "annotations" is not a list', 'gt')
+
+  videos = {}
+  for i, video in enumerate(gt['videos']):
+    if not isinstance(video, dict) or not _is_int(video.get('id')):
+      raise EvaluationError(f'videos[{i}] has no integer "id"', 'gt')
+    videos[video['id']] = video
+  names = {}
+  for i, cat in enumerate(gt['categories']):
+    if not isinstance(cat, dict) or not _is_int(cat.get('id')):
+      raise EvaluationError(f'categories[{i}] has no integer "id"', 'gt')
+    names[cat['id']] = str(cat.get('name', cat['id']))
+  video_ids = sorted(videos)
+  cat_ids = sorted(names)
+
+  # Annotations of videos / categories that are not evaluated only need the
+  # keys the benchmark indexes every annotation by.
+  index_keys = ('id', 'video_id', 'category_id')
+  keys = ['iscrowd', 'segmentations', 'areas']
+  if ovis:
+    keys.append('occlusion')
+  tracks = {}
+  seen_ids = set()
+  for i, ann in enumerate(annotations):
+    label = f'annotations[{i}]'
+    if not isinstance(ann, dict):
+      raise EvaluationError(f'{label} is not an object', 'gt')
+    _require(ann, index_keys, label, 'gt')
+    if not _is_int(ann['id']):
+      raise EvaluationError(f'{label} "id" is not an integer', 'gt')
+    label = f'annotations[{i}] (id {ann["id"]})'
+    if ann['id'] in seen_ids:
+      raise EvaluationError(f'{label}: duplicate annotation id', 'gt')
+    seen_ids.add(ann['id'])
+    if not isinstance(ann['video_id'], Hashable) or not isinstance(
+        ann['category_id'], Hashable):
+      raise EvaluationError(f'{label}: bad video_id / category_id', 'gt')
+    if ann['video_id'] not in videos or ann['category_id'] not in names:
+      continue  # not evaluated, like the benchmark
+    _require(ann, keys, label, 'gt')
+    if not (isinstance(ann['iscrowd'], numbers.Real)
+            and math.isfinite(ann['iscrowd'])):
+      raise EvaluationError(f'{label}: iscrowd is not a number', 'gt')
+    for key in ('segmentations', 'areas') + (('occlusion',) if ovis else ()):
+      if not isinstance(ann[key], list):
+        raise EvaluationError(f'{label} "{key}" is not a list', 'gt')
+    for f, a in enumerate(ann['areas']):
+      if a is not None and not _is_number(a):
+        raise EvaluationError(f'{label}: areas[{f}] is not a number', 'gt')
+    video = videos[ann['video_id']]
+    seq = [_gt_frame_to_rle(s, video, label, f) if s else None
+           for f, s in enumerate(ann['segmentations'])]
+    track = _Track(ann_id=ann['id'], label=label, seq=seq,
+                   avg_area=_avg_area(ann['areas']),
+                   crowd=bool(ann['iscrowd']),
+                   reusable=int(ann['iscrowd']) != 0)
+    if ovis:
+      track.occ_score = _occlusion_score(ann['occlusion'], label)
+    key = (ann['video_id'], ann['category_id'])
+    tracks.setdefault(key, []).append(_finish_track(track))
+  return video_ids, videos, cat_ids, names, tracks
+
+
+def _parse_results(results, videos: dict, names: dict):
+  """-> {(video, category): [result tracks in file order]}."""
+  if not isinstance(results, list):
+    raise EvaluationError(
+        f'results must be a JSON list, got {type(results).__name__}',
+        'results')
+  tracks = {}
+  for i, res in enumerate(results):
+    label = f'results[{i}]'
+    if not isinstance(res, dict):
+      raise EvaluationError(f'{label} is not an object', 'results')
+    _require(res, ('video_id', 'category_id', 'score', 'segmentations'),
+             label, 'results')
+    vid, cat = res['video_id'], res['category_id']
+    if not isinstance(vid, Hashable) or vid not in videos:
+      raise EvaluationError(
+          f'{label}: video_id {vid!r} is not a video of the ground truth',
+          'results')
+    if not _is_number(res['score']):
+      raise EvaluationError(f'{label}: score is not a number', 'results')
+    if not isinstance(res['segmentations'], list):
+      raise EvaluationError(f'{label}: "segmentations" is not a list',
+                            'results')
+    seq = []
+    for f, s in enumerate(res['segmentations']):
+      if not s:
+        seq.append(None)
+      elif _is_compressed_rle(s):
+        seq.append(s)
+      else:
+        raise EvaluationError(
+            f'{label}: segmentations[{f}] is not a compressed RLE '
+            '({"size": [h, w], "counts": str}) or null', 'results')
+    if not isinstance(cat, Hashable) or cat not in names:
+      continue  # categories outside the GT are dropped silently
+    track = _finish_track(_Track(ann_id=i + 1, label=label, seq=seq, avg_area=0,
+                                 score=res['score']))
+    track.avg_area = _avg_area([int(a) if a >= 0 else None
+                                for a in track.areas])
+    tracks.setdefault((vid, cat), []).append(track)
+  return tracks
+
+
+# ---------------------------------------------------------------- IoU
+
+
+def _track_ious(dts: list[_Track], gts: list[_Track]) -> np.ndarray:
+  """Spatio-temporal IoU matrix (len(dts), len(gts)).
+
+  Frames are paired like ``zip(dt frames, gt frames)``; per frame both
+  present adds |d&g| to the intersection and |d|g| to the union, one present
+  adds its area to the union; masks of different sizes add nothing.
+  """
+  D, G = len(dts), len(gts)
+  len_d = np.array([len(t.seq) for t in dts])
+  len_g = np.array([len(t.seq) for t in gts])
+  inter = np.zeros((D, G), np.int64)
+  union = np.zeros((D, G), np.int64)
+  n_frames = min(len_d.max(), len_g.max())
+  for f in range(n_frames):
+    valid = (f < len_d)[:, None] & (f < len_g)[None, :]
+    ad = np.array([t.areas[f] if f < len(t.seq) else -1 for t in dts])
+    ag = np.array([t.areas[f] if f < len(t.seq) else -1 for t in gts])
+    pd, pg = ad >= 0, ag >= 0
+    ad, ag = np.maximum(ad, 0), np.maximum(ag, 0)
+    only = (pd[:, None] & ~pg[None, :]) * ad[:, None] + (
+        ~pd[:, None] & pg[None, :]) * ag[None, :]
+    union += np.where(valid, only, 0)
+    di, gi = np.flatnonzero(pd), np.flatnonzero(pg)
+    if len(di) == 0 or len(gi) == 0:
+      continue
+    iou = np.array(mask_utils.iou([dts[d].seq[f] for d in di],
+                                  [gts[g].seq[f] for g in gi],
+                                  [0] * len(gi)), np.float64)
+    iou = iou.reshape(len(di), len(gi))
+    same = np.array([[dts[d].sizes[f] == gts[g].sizes[f] for g in gi]
+                     for d in di])
+    both = ad[di][:, None] + ag[gi][None, :]
+    # iou = i / (|d| + |g| - i)  =>  i = iou (|d| + |g|) / (1 + iou)
+    safe = np.where(same, iou, 0.0)
+    i_f = np.rint(safe * both / (1.0 + safe)).astype(np.int64)
+    u_f = np.where(same, both - i_f, 0)
+    sub = np.ix_(di, gi)
+    inter[sub] += np.where(valid[sub], i_f, 0)
+    union[sub] += np.where(valid[sub], u_f, 0)
+  out = np.zeros((D, G))
+  np.divide(inter, union, out=out, where=union > 0)
+  return out
+
+
+# ---------------------------------------------------------------- matching
+
+
+@dataclasses.dataclass
+class _VideoEval:
+  """Matching result of one (category, area, occlusion, video)."""
+  scores: np.ndarray     # (D,) sorted descending
+  tp: np.ndarray         # (T, D) matched to a GT with a nonzero id
+  ignore: np.ndarray     # (T, D) detection ignored
+  gt_ignore: np.ndarray  # (G,)
+
+
+def _match(ious: np.ndarray, dts: list[_Track], gts: list[_Track],
+           gt_ignore: np.ndarray, area_rng) -> _VideoEval:
+  """Greedy matching of score-sorted detections, all IoU thresholds at once.
+
+  For each threshold a detection takes, among the still free regular GTs
+  whose IoU reaches the threshold, the one with the largest IoU (the last
+  such one on ties); only when there is none does it try the ignored GTs,
+  where crowd GTs stay free after a match.
+  """
+  order = np.argsort(gt_ignore, kind='mergesort')
+  gt_ignore = gt_ignore[order]
+  reusable = np.array([gts[g].reusable for g in order], bool)
+  nonzero = np.array([gts[g].ann_id != 0 for g in order], bool)
+  T, D, G = len(IOU_THRESHOLDS), len(dts), len(order)
+  thr = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[:, None]
+  taken = np.zeros((T, G), bool)
+  matched = np.zeros((T, D), bool)       # matched, GT id nonzero
+  dt_ignore = np.zeros((T, D), bool)
+  if D and G:
+    ious = ious[:, order]
+    for d in range(D):
+      row = ious[d][None, :]
+      ok = (~taken | reusable[None, :]) & (row >= thr)
+      regular = ok & ~gt_ignore[None, :]
+      cand = np.where(regular.any(1, keepdims=True), regular, ok)
+      has = cand.any(1)
+      if not has.any():
+        continue
+      vals = np.where(cand, row, -np.inf)
+      hit = cand & (vals == vals.max(1, keepdims=True))
+      m = G - 1 - np.argmax(hit[:, ::-1], axis=1)
+      t = np.flatnonzero(has)
+      m = m[t]
+      taken[t, m] = True
+      matched[t, d] = nonzero[m]
+      dt_ignore[t, d] = gt_ignore[m]
+  areas = np.array([t.avg_area for t in dts], np.float64)
+  outside = (areas < area_rng[0]) | (areas > area_rng[1])
+  dt_ignore |= ~matched & outside[None, :]
+  return _VideoEval(scores=np.array([t.score for t in dts], np.float64),
+                    tp=matched, ignore=dt_ignore, gt_ignore=gt_ignore)
+
+
+# ---------------------------------------------------------------- accumulate
+
+
+def _accumulate(evals: list[_VideoEval], precision: np.ndarray,
+                recall: np.ndarray):
+  """Fills precision (T, R, M) and recall (T, M) of one setting in place."""
+  if not evals:
+    return
+  gt_ignore = np.concatenate([e.gt_ignore for e in evals])
+  n_pos = np.count_nonzero(gt_ignore == 0)
+  if n_pos == 0:
+    return
+  for mi, max_det in enumerate(MAX_DETS):
+    scores = np.concatenate([e.scores[:max_det] for e in evals])
+    order = np.argsort(-scores, kind='mergesort')
+    tp = np.concatenate([e.tp[:, :max_det] for e in evals], axis=1)[:, order]
+    ig = np.concatenate([e.ignore[:, :max_det] for e in evals], axis=1)[:, order]
+    tps = np.cumsum(tp & ~ig, axis=1).astype(np.float64)
+    fps = np.cumsum(~tp & ~ig, axis=1).astype(np.float64)
+    n = tps.shape[1]
+    rc = tps / n_pos
+    pr = tps / (fps + tps + np.spacing(1))
+    recall[:, mi] = rc[:, -1] if n else 0
+    # monotone (non-increasing) precision envelope
+    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+    for t in range(len(IOU_THRESHOLDS)):
+      idx = np.searchsorted(rc[t], RECALL_THRESHOLDS, side='left')
+      q = np.zeros(len(RECALL_THRESHOLDS))
+      ok = idx < n
+      q[ok] = pr[t, idx[ok]]
+      precision[t, :, mi] = q
+
+
+# ---------------------------------------------------------------- driver
+
+
+@dataclasses.dataclass
+class Evaluation:
+  """Full evaluation output.
+
+  precision: (T, R, K, A, O, M) array, -1 where a category has no GT in a
+    setting (O = 1 for YouTube-VIS); recall: (T, K, A, O, M).
+  """
+  stats: dict
+  per_category_ap: dict
+  precision: np.ndarray
+  recall: np.ndarray
+  category_ids: list
+  ovis: bool
+
+
+def _mean_valid(s: np.ndarray) -> float:
+  s = s[s > -1]
+  return -1.0 if len(s) == 0 else float(np.mean(s))
+
+
+def _summary(precision, recall, ovis: bool) -> dict:
+  stats = {}
+  for key in OVIS_KEYS if ovis else YTVIS_KEYS:
+    is_ap, iou_thr, area, occ, max_det = _SUMMARY[key]
+    a = AREA_LABELS.index(area)
+    o = OCC_LABELS.index(occ) if ovis else 0
+    m = MAX_DETS.index(max_det)
+    s = precision if is_ap else recall
+    if iou_thr is not None:
+      s = s[np.where(iou_thr == IOU_THRESHOLDS)[0]]
+    s = s[:, :, :, a, o, m] if is_ap else s[:, :, a, o, m]
+    stats[key] = _mean_valid(s)
+  return stats
+
+
+def run_evaluation(gt: dict, results: list, ovis: bool = False) -> Evaluation:
+  """Evaluates `results` against `gt`; see :func:`evaluate`."""
+  video_ids, videos, cat_ids, names, gt_tracks = _parse_gt(gt, ovis)
+  dt_tracks = _parse_results(results, videos, names)
+  occ_ranges = OCC_RANGES if ovis else ((0, 1),)
+  T, R, K = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(cat_ids)
+  A, O, M = len(AREA_RANGES), len(occ_ranges), len(MAX_DETS)
+  precision = -np.ones((T, R, K, A, O, M))
+  recall = -np.ones((T, K, A, O, M))
+  top = MAX_DETS[-1]
+
+  for k, cat in enumerate(cat_ids):
+    # per (area, occlusion): list of _VideoEval in ascending video id order
+    evals = [[[] for _ in range(O)] for _ in range(A)]
+    for vid in video_ids:
+      gts = gt_tracks.get((vid, cat), [])
+      dts = dt_tracks.get((vid, cat), [])
+      if not gts and not dts:
+        continue
+      order = np.argsort([-t.score for t in dts], kind='mergesort')[:top]
+      dts = [dts[i] for i in order]
+      if ovis:
+        for d in dts:
+          for g in gts:
+            if len(d.seq) != len(g.seq):
+              raise EvaluationError(
+                  f'{d.label} has {len(d.seq)} segmentations but GT '
+                  f'{g.label} of video {vid} has {len(g.seq)}; OVIS requires '
+                  'equal lengths', 'results')
+      ious = _track_ious(dts, gts) if dts and gts else np.zeros(
+          (len(dts), len(gts)))
+      gt_area = np.array([g.avg_area for g in gts], np.float64)
+      gt_occ = np.array([g.occ_score for g in gts], np.float64)
+      gt_crowd = np.array([g.crowd for g in gts], bool)
+      for a, (lo, hi) in enumerate(AREA_RANGES):
+        for o, (olo, ohi) in enumerate(occ_ranges):
+          ignore = gt_crowd | (gt_area < lo) | (gt_area > hi)
+          if ovis:
+            ignore = ignore | (gt_occ < olo) | (gt_occ > ohi)
+          evals[a][o].append(_match(ious, dts, gts, ignore, (lo, hi)))
+    for a in range(A):
+      for o in range(O):
+        _accumulate(evals[a][o], precision[:, :, k, a, o, :],
+                    recall[:, k, a, o, :])
+
+  stats = _summary(precision, recall, ovis)
+  per_cat = {}
+  for k, cat in enumerate(cat_ids):
+    name = names[cat]
+    if name in per_cat:
+      name = f'{name} (id {cat})'
+    per_cat[name] = _mean_valid(precision[:, :, k, 0, 0, -1])
+  return Evaluation(stats=stats, per_category_ap=per_cat, precision=precision,
+                    recall=recall, category_ids=cat_ids, ovis=ovis)
+
+
+def evaluate(gt: dict, results: list, ovis: bool = False) -> dict:
+  """Benchmark statistics of `results` against the ground truth `gt`.
+
+  Args:
+    gt: the ground-truth JSON object (``videos``, ``annotations``,
+      ``categories``; OVIS: ``occlusion`` on every annotation).
+    results: the results JSON list (``video_id``, ``category_id``, ``score``,
+      ``segmentations`` with compressed RLE or null per frame). May be empty.
+    ovis: use the OVIS metric (occlusion bins, 18 values).
+
+  Returns:
+    {'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs',
+    'ARm', 'ARl'} (OVIS adds APso/APmo/APho/ARso/ARmo/ARho) -> float, -1 where
+    the setting has no ground truth.
+
+  Raises:
+    EvaluationError (a ValueError) on malformed input.
+  """
+  return run_evaluation(gt, results, ovis).stats
+
+
+def per_category_ap(gt: dict, results: list, ovis: bool = False) -> dict:
+  """Category name -> AP (IoU 0.50:0.95, area all, 100 dets), -1 if no GT.
+
+  Repeated names get their id appended: ``'name (id 7)'``.
+  """
+  return run_evaluation(gt, results, ovis).per_category_ap
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def load_json(path: str, source: str | None = None):
+  """json.load with one-line errors naming the file."""
+  if not os.path.exists(path):
+    raise EvaluationError(f'{path}: no such file', source)
+  if os.path.isdir(path):
+    raise EvaluationError(f'{path}: is a directory, not a JSON file', source)
+  try:
+    with open(path, encoding='utf-8') as fh:
+      return json.load(fh)
+  except json.JSONDecodeError as e:
+    raise EvaluationError(
+        f'{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})',
+        source) from e
+  except (OSError, UnicodeDecodeError) as e:
+    raise EvaluationError(f'{path}: cannot read ({e})', source) from e
+
+
+def format_table(evaluation: Evaluation) -> str:
+  """COCO-style summary lines followed by AP per category."""
+  lines = []
+  for key, value in evaluation.stats.items():
+    is_ap, iou_thr, area, occ, max_det = _SUMMARY[key]
+    title = 'Average Precision  (AP)' if is_ap else 'Average Recall     (AR)'
+    iou = '0.50:0.95' if iou_thr is None else f'{iou_thr:0.2f}'
+    occ_part = f' | occ={occ:>6s}' if evaluation.ovis else ''
+    lines.append(f' {title} @[ IoU={iou:<9} | area={area:>6s}{occ_part} | '
+                 f'maxDets={max_det:>3d} ] = {value:0.3f}')
+  lines.append('')
+  lines.append('AP per category (IoU=0.50:0.95, area=all, maxDets=100):')
+  width = max((len(n) for n in evaluation.per_category_ap), default=0)
+  for name, value in evaluation.per_category_ap.items():
+    lines.append(f'  {name:<{width}} {value:0.3f}')
+  return '\n'.join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m iai_jax.evaluate',
+      description='YouTube-VIS / OVIS video instance segmentation AP.')
+  parser.add_argument('--gt', required=True, help='ground-truth JSON file')
+  parser.add_argument('--results', required=True, help='results JSON file')
+  parser.add_argument('--ovis', action='store_true',
+                      help='OVIS metric (occlusion bins)')
+  parser.add_argument('--json', action='store_true',
+                      help='print the statistics as one JSON object')
+  args = parser.parse_args(argv)
+  paths = {'gt': args.gt, 'results': args.results}
+  try:
+    gt = load_json(args.gt, 'gt')
+    results = load_json(args.results, 'results')
+    evaluation = run_evaluation(gt, results, args.ovis)
+  except EvaluationError as e:
+    message = str(e)
+    path = paths.get(e.source)
+    if path is not None and not message.startswith(path + ':'):
+      message = f'{path}: {message}'
+    sys.exit(f'error: {message}')
+  if args.json:
+    print(json.dumps(evaluation.stats))
+  else:
+    print(format_table(evaluation))
+  return 0
+
+
+if __name__ == '__main__':
+  main()
