@@ -232,5 +232,11 @@ def training_dataset(config, source, *, seed: int = 0, batch_size: int | None = 
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, prefetch),
                                             prefetch_buffer_size=prefetch))
   if num_workers > 0:
+    # grain's worker processes read absl flags; outside an absl app (a
+    # script, a notebook) nobody parsed them, which grain reports as an
+    # UnparsedFlagAccessError
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return it
