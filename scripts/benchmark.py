@@ -176,6 +176,13 @@ def _rss_mb() -> float:
   return float('nan')
 
 
+def _results_mb(seg) -> float:
+  """MB of RLE strings the video's results hold so far (kept for finish())."""
+  masks = getattr(getattr(seg, '_video', None), '_masks', {})
+  return sum(len(r['counts']) for per_id in masks.values()
+             for r in per_id.values()) / 2 ** 20
+
+
 def _matmul_gflops() -> float:
   import jax
   import jax.numpy as jnp
@@ -188,7 +195,7 @@ def _matmul_gflops() -> float:
   return 2 * 2048 ** 3 * 10 / (time.time() - t) / 1e9
 
 
-def bench_infer(args, frames: int, marks) -> dict:
+def bench_infer(args, frames: int, marks, plot: str = '') -> dict:
   """The online loop (OnlineSegmenter.step: device step + host IDs/masks)."""
   import jax
   import numpy as np
@@ -208,13 +215,16 @@ def bench_infer(args, frames: int, marks) -> dict:
   t = time.time()
   seg.step(video[0])
   first_s = time.time() - t
-  times, rss = [], {}
+  times, rss, rss_series, kept = [], {}, [], {}
   for i in range(1, frames):
     t = time.time()
     seg.step(video[i % 4])
     times.append(time.time() - t)
-    if i + 1 in marks:
+    if (i + 1) % 10 == 0:
+      rss_series.append((i + 1, _rss_mb()))
+    if i + 1 in marks or i + 1 in (50, 100):
       rss[i + 1] = _rss_mb()
+      kept[i + 1] = _results_mb(seg)
   ms = np.asarray(times) * 1e3
   resized, bucket = inference.inference_size(config, h0, w0)
   lowered = seg._step.lower(seg.variables, seg._memory, seg._prev,
@@ -233,19 +243,70 @@ def bench_infer(args, frames: int, marks) -> dict:
          'gflop_per_frame': gflop,
          'achieved_gflops_per_s': gflop / (steady / 1e3),
          'matmul_gflops_per_s': _matmul_gflops()}
+  if frames >= 100:
+    # frames 1..100 split in halves (frame 0 is the compile): the second half
+    # must cost no more time or memory than the first
+    out['ms_frames_1_50'] = float(np.median(ms[:49]))
+    out['ms_frames_51_100'] = float(np.median(ms[50:99]))
+    out['rss_mb_at_frame_50'] = rss.get(50, float('nan'))
+    out['rss_mb_at_frame_100'] = rss.get(100, float('nan'))
+    out['results_mb_at_frame_50'] = kept.get(50, float('nan'))
   for m in marks:
     if m <= frames:
       lo = max(0, m - 6)
       out[f'ms_at_frame_{m}'] = float(np.median(ms[lo:m - 1]))
       out[f'rss_mb_at_frame_{m}'] = rss.get(m, float('nan'))
+      out[f'results_mb_at_frame_{m}'] = kept.get(m, float('nan'))
+  if plot:
+    plot_series(plot, ms, rss_series,
+                f'{out["variant"]} {out["video"]}, {machine()}')
+    out['plot'] = plot
   return out
+
+
+def plot_series(path: str, ms, rss_series, title: str):
+  """PNG of ms/frame (frames 2..N) and process RSS against the frame index."""
+  import numpy as np
+  from PIL import Image, ImageDraw
+
+  img = Image.new('RGB', (900, 620), 'white')
+  draw = ImageDraw.Draw(img)
+  draw.text((70, 8), title, fill='black')
+  n = len(ms) + 1
+  panels = [('ms per frame', np.arange(2, n + 1), np.asarray(ms), (40, 290)),
+            ('process RSS (MB)', np.array([f for f, _ in rss_series]),
+             np.array([r for _, r in rss_series]), (340, 590))]
+  left, right = 70, 880
+  for name, xs, ys, (top, bottom) in panels:
+    if len(xs) == 0:
+      continue
+    lo, hi = 0.0, float(np.percentile(ys, 99.5)) * 1.15 or 1.0
+    if name.startswith('process'):
+      lo, hi = float(ys.min()) * 0.9, float(ys.max()) * 1.1
+    draw.rectangle((left, top, right, bottom), outline='black')
+    draw.text((left, top - 14), name, fill='black')
+    for k in range(5):
+      v = lo + (hi - lo) * k / 4
+      y = bottom - (bottom - top) * k / 4
+      draw.line((left - 4, y, left, y), fill='black')
+      draw.text((4, y - 6), f'{v:7.1f}', fill='black')
+    for k in range(6):
+      f = 1 + (n - 1) * k / 5
+      x = left + (right - left) * k / 5
+      draw.line((x, bottom, x, bottom + 4), fill='black')
+      draw.text((x - 10, bottom + 6), f'{int(f)}', fill='black')
+    px = left + (right - left) * (xs - 1) / max(1, n - 1)
+    py = bottom - (bottom - top) * (np.clip(ys, lo, hi) - lo) / (hi - lo)
+    draw.line(list(zip(px.tolist(), py.tolist())), fill=(31, 119, 180), width=1)
+  draw.text((left + 330, 604), 'frame index', fill='black')
+  img.save(path)
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('what', choices=['data', 'frame', 'train', 'infer', 'memory',
                                   'all'])
-  p.add_argument('--video_size', type=int, nargs=2, default=(720, 1280))
+  p.add_argument('--video_size', type=int, nargs=2, default=(360, 640))
   p.add_argument('--infer_frames', type=int, default=100)
   p.add_argument('--memory_frames', type=int, default=1000)
   p.add_argument('--steps', type=int, default=6)
@@ -257,6 +318,8 @@ def main():
   p.add_argument('--batches', type=int, default=10)
   p.add_argument('--frames', type=int, default=30)
   p.add_argument('--variant', default='')
+  p.add_argument('--plot', default='',
+                 help='memory: PNG of ms/frame and RSS against the frame index')
   args = p.parse_args()
   result = {'machine': machine(), 'date': time.strftime('%Y-%m-%d')}
   if args.what in ('data', 'all'):
@@ -266,7 +329,8 @@ def main():
   if args.what in ('infer', 'all'):
     result['infer'] = bench_infer(args, args.infer_frames, (10, 100))
   if args.what in ('memory', 'all'):
-    result['memory'] = bench_infer(args, args.memory_frames, (10, 100, 1000))
+    result['memory'] = bench_infer(args, args.memory_frames, (10, 100, 1000),
+                                   plot=args.plot)
   if args.what in ('frame', 'all'):
     result['frame'] = bench_frame(args)
   for section, figures in result.items():
