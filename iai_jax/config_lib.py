@@ -26,6 +26,8 @@ DATASETS = {
                       root='data/synthetic'),
 }
 
+TRACKERS = ('id_head', 'mask_iou')
+
 VARIANTS = ('tiny', 'r18', 'r34', 'r50', 'r101', 'ms', 'bf16')
 
 
@@ -105,6 +107,12 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   a.id_bank_kernel = 33
   a.global_slots = 16  # fixed global-memory capacity (first frame included)
   a.global_interval = 3
+  # Ablations (paper Table 4). False: that branch of every LSTT layer adds
+  # nothing (not computed; its parameters are kept, so checkpoints and the
+  # parameter count do not change, and the memory is still written). Both
+  # False: no association, each frame alone (IDs are still predicted).
+  a.use_global_memory = True
+  a.use_local_memory = True
 
   i = c.input = ml_collections.ConfigDict()
   i.size = (360, 640)  # (short, long) side the frames are resized to
@@ -149,6 +157,11 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   e.overlap_keep = 0.1
   e.video_score_thr = 0.05
   e.mask_thr = 0.5
+  # How IDs are given: 'id_head' (IAI: Hungarian on the ID head's
+  # probabilities) or 'mask_iou' (tracking-by-detection baseline: each
+  # detection's mask matched to the previous frame's tracked masks).
+  e.tracker = 'id_head'
+  e.mask_iou_threshold = 0.3  # 'mask_iou': lowest IoU that continues a track
   return c
 
 
@@ -226,6 +239,11 @@ def check_config(c: ml_collections.ConfigDict) -> None:
   if m.mask_branch.out_channels != 8:
     raise ValueError('model.mask_branch.out_channels must be 8: the dynamic '
                      'mask head has 169 parameters for 8 feature channels')
+  if c.infer.tracker not in TRACKERS:
+    raise ValueError(f'infer.tracker={c.infer.tracker!r}: choose one of '
+                     f'{", ".join(TRACKERS)}')
+  if not 0.0 <= c.infer.mask_iou_threshold <= 1.0:
+    raise ValueError('infer.mask_iou_threshold must be in [0, 1]')
   if c.input.size_divisor % 32:
     raise ValueError('input.size_divisor must be a multiple of 32')
 

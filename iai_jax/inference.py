@@ -24,8 +24,12 @@ runs on one compiled program, and the memory has a fixed number of slots, so
 frame 10,000 costs what frame 10 costs.
 
 The host then assigns IDs (:class:`iai_jax.tracking.IdTracker`, Hungarian
-with "new" columns), resizes the masks to the original frame size and
-accumulates the video's tracks (:class:`iai_jax.tracking.VideoAccumulator`).
+with "new" columns; or, with ``infer.tracker='mask_iou'``, the
+tracking-by-detection baseline :class:`iai_jax.tracking.MaskIouTracker`,
+which matches the masks to the previous frame's instead of using the ID
+head's probabilities - the detections, steps 1-5, are the same for both),
+resizes the masks to the original frame size and accumulates the video's
+tracks (:class:`iai_jax.tracking.VideoAccumulator`).
 :class:`OnlineSegmenter` wraps all of it::
 
   seg = OnlineSegmenter(config, variables)
@@ -279,6 +283,7 @@ class OnlineSegmenter:
 
   def __init__(self, config, variables, category_ids=None):
     from iai_jax import tracking
+    tracking.make_tracker(config)  # an unknown infer.tracker fails here
     self.config = config
     self.model = iai_model.build_model(config.model)
     self.variables = variables
@@ -304,7 +309,7 @@ class OnlineSegmenter:
     self._memory = iai_model.empty_memory(m, 1, self._bucket)
     self._prev = _empty_prev(self.model, self.variables, self._memory,
                              self._bucket, self.config)
-    self._tracker = self._tracking.IdTracker(m.max_obj_num)
+    self._tracker = self._tracking.make_tracker(self.config)
     self._video = self._tracking.VideoAccumulator(
         m.num_classes, e.max_per_img, score_thr=e.video_score_thr)
     self.frames = 0
@@ -319,14 +324,14 @@ class OnlineSegmenter:
         np.asarray(self._resized, np.int32))
     host = jax.device_get({k: v for k, v in dets.items() if k != 'mask'})
     valid = host['valid']
-    ids = self._tracker.step(host['id_prob'], valid)
+    masks = np.asarray(dets['mask'])
+    ids = self._tracker.assign(host['id_prob'], masks, valid)
     ids = np.where(valid, ids, -1).astype(np.int32)
     new = bool(self._tracker.new_instance)  # as the authors: dropped ones too
     self._memory = memory
     self._prev = {'cache': cache, 'masks': dets['mask'],
                   'ids': jnp.asarray(ids), 'new': jnp.asarray(new),
                   'valid': jnp.asarray(True)}
-    masks = np.asarray(dets['mask'])
     kept = np.flatnonzero(ids >= 0)
     full = np.zeros((len(ids), *self._size), bool)
     for d in kept:

@@ -2,6 +2,11 @@
 
 * :class:`IdTracker` gives each kept detection of a frame an ID from the ID
   head's probabilities (Hungarian assignment with "new" columns);
+* :class:`MaskIouTracker` is the tracking-by-detection baseline of the
+  ablations (``infer.tracker='mask_iou'``): IDs from matching each
+  detection's mask to the previous frame's tracked masks by mask IoU;
+* :func:`make_tracker` picks one of them from the config (both have
+  ``assign(id_prob, masks, keep)``, what the online loop calls);
 * :func:`id_map` / :func:`id_mask` build the frame's ID label map / one-hot
   ID mask that :meth:`iai_jax.models.iai.IAI.write_memory` takes;
 * :class:`VideoAccumulator` collects a video's per-frame class scores and
@@ -82,7 +87,25 @@ def match_ids(id_prob: np.ndarray) -> np.ndarray:
   return out
 
 
-class IdTracker:
+class _IdIssuer:
+  """What both trackers share: the ID cap and the per-video counters."""
+
+  def __init__(self, num_ids: int):
+    if num_ids < 2:
+      raise ValueError(f'num_ids (max_obj_num) must be >= 2, got {num_ids} '
+                       '(and >= 3 for any ID to be issued: IDs stop at N-2)')
+    self.num_ids = int(num_ids)
+    self.max_issued = self.num_ids - 2  # IDs 0..N-3 can be issued
+
+  def reset(self):
+    """Starts a new video."""
+    self.frames = 0
+    self.num_issued = 0
+    self.new_instance = False
+    self.dropped = 0
+
+
+class IdTracker(_IdIssuer):
   """Assigns video-level IDs to a frame's detections (see the module doc).
 
   ``step(id_prob, keep)`` once per frame, in order; ``reset()`` before a new
@@ -93,20 +116,9 @@ class IdTracker:
   """
 
   def __init__(self, num_ids: int):
-    if num_ids < 2:
-      raise ValueError(f'num_ids (max_obj_num) must be >= 2, got {num_ids} '
-                       '(and >= 3 for any ID to be issued: IDs stop at N-2)')
-    self.num_ids = int(num_ids)
+    super().__init__(num_ids)
     self.new_class = self.num_ids - 1   # the ID head's "new instance" class
-    self.max_issued = self.num_ids - 2  # IDs 0..N-3 can be issued
     self.reset()
-
-  def reset(self):
-    """Starts a new video."""
-    self.frames = 0
-    self.num_issued = 0
-    self.new_instance = False
-    self.dropped = 0
 
   def step(self, id_prob: np.ndarray, keep: np.ndarray | None = None
            ) -> np.ndarray:
@@ -151,6 +163,125 @@ class IdTracker:
     self.new_instance = new_instance
     self.frames += 1
     return ids
+
+  def assign(self, id_prob: np.ndarray, masks: np.ndarray | None,
+             keep: np.ndarray | None = None) -> np.ndarray:
+    """The online loop's call: :meth:`step` (the masks are not used)."""
+    del masks
+    return self.step(id_prob, keep)
+
+
+def mask_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """(K, H, W) and (M, H, W) bool masks -> (K, M) IoU (0 where both empty)."""
+  a = np.asarray(a, bool).reshape(len(a), -1).astype(np.float32)
+  b = np.asarray(b, bool).reshape(len(b), -1).astype(np.float32)
+  inter = a @ b.T
+  union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+  return np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
+
+
+class MaskIouTracker(_IdIssuer):
+  """Tracking-by-detection baseline: IDs by mask IoU with the last frame.
+
+  ``step(masks, keep)`` once per frame, in order; ``reset()`` before a new
+  video. The ID head is not used. The rules:
+
+  * the kept detections of a frame are matched one-to-one to the tracks
+    present in the previous frame (their masks there) by the Hungarian
+    assignment maximising the total mask IoU over the pairs with IoU >=
+    ``iou_threshold``; a matched detection continues that track's ID;
+  * every other kept detection (all of them on a video's first frame) is a
+    new instance and takes the next ID, in score order;
+  * only the previous frame counts: a track that is missing in one frame
+    (missed, fully occluded) is ended, and the object gets a new ID when it
+    is detected again;
+  * the cap is :class:`IdTracker`'s: IDs ``0..N-3``; later new instances are
+    dropped (ID -1) and counted in ``dropped``.
+
+  ``new_instance``, ``num_issued`` and ``dropped`` mean what they mean for
+  :class:`IdTracker` (so the memory write of the online loop works the same).
+  """
+
+  def __init__(self, num_ids: int, iou_threshold: float = 0.3):
+    super().__init__(num_ids)
+    if not 0.0 <= iou_threshold <= 1.0:
+      raise ValueError(f'iou_threshold must be in [0, 1], got {iou_threshold}')
+    self.iou_threshold = float(iou_threshold)
+    self.reset()
+
+  def reset(self):
+    """Starts a new video."""
+    super().reset()
+    self._prev_ids = np.zeros((0,), np.int32)
+    self._prev_masks = None
+
+  def step(self, masks: np.ndarray, keep: np.ndarray | None = None
+           ) -> np.ndarray:
+    """IDs of one frame's detections.
+
+    Args:
+      masks: (D, H, W) bool masks of the detections in score order, all
+        frames of a video at the same resolution.
+      keep: (D,) bool, the detections that survived; None: all of them.
+    Returns:
+      (D,) int32 IDs in ``0..N-3``; -1 for detections not kept and for new
+      instances dropped because the video's IDs are used up.
+    """
+    masks = np.asarray(masks, bool)
+    if masks.ndim != 3:
+      raise ValueError(f'masks must be (D, H, W), got shape {masks.shape}')
+    d = masks.shape[0]
+    keep = np.ones((d,), bool) if keep is None else np.asarray(keep, bool)
+    if keep.shape != (d,):
+      raise ValueError(f'keep must be ({d},), got shape {keep.shape}')
+    if (self._prev_masks is not None
+        and self._prev_masks.shape[1:] != masks.shape[1:]):
+      raise ValueError(f'mask size {masks.shape[1:]} differs from the '
+                       f'previous frame\'s {self._prev_masks.shape[1:]}')
+    rows = np.flatnonzero(keep)
+    ids = np.full((d,), -1, np.int32)
+    if rows.size and self._prev_ids.size:
+      iou = mask_iou_matrix(masks[rows], self._prev_masks)
+      ok = iou >= self.iou_threshold
+      if self.iou_threshold == 0.0:
+        ok &= iou > 0  # never continue a track without any overlap
+      r, c = linear_sum_assignment(np.where(ok, iou, 0.0), maximize=True)
+      for i, j in zip(r, c):
+        if ok[i, j]:
+          ids[rows[i]] = self._prev_ids[j]
+    new_instance = False
+    for r in rows:
+      if ids[r] >= 0:
+        continue
+      new_instance = True
+      if self.num_issued >= self.max_issued:
+        self.dropped += 1
+        continue
+      ids[r] = self.num_issued
+      self.num_issued += 1
+    tracked = np.flatnonzero(ids >= 0)
+    self._prev_ids = ids[tracked].copy()
+    self._prev_masks = masks[tracked].copy()
+    self.new_instance = new_instance
+    self.frames += 1
+    return ids
+
+  def assign(self, id_prob: np.ndarray | None, masks: np.ndarray,
+             keep: np.ndarray | None = None) -> np.ndarray:
+    """The online loop's call: :meth:`step` (the ID head is not used)."""
+    del id_prob
+    return self.step(masks, keep)
+
+
+def make_tracker(config):
+  """The ID tracker ``config.infer.tracker`` names, for ``config.model``."""
+  e, n = config.infer, config.model.max_obj_num
+  kind = e.get('tracker', 'id_head')
+  if kind == 'id_head':
+    return IdTracker(n)
+  if kind == 'mask_iou':
+    return MaskIouTracker(n, e.get('mask_iou_threshold', 0.3))
+  raise ValueError(f'infer.tracker={kind!r}: choose id_head or mask_iou')
 
 
 # ----------------------------------------------------------------- ID masks

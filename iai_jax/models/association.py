@@ -18,6 +18,16 @@ frames with new instances).
 A frame's memory entry reuses the keys K = Linear_Q(LN(x)) computed while the
 frame was associated; only V = Linear_V(LN(x) + E) needs the ID embedding E
 of the frame's ID mask, so writing never runs the layer again.
+
+Ablations (``use_global_memory`` / ``use_local_memory``, paper Table 4): a
+switched-off branch (global attention over the memory slots, or the local
+15x15 attention over the previous frame) is not computed and adds nothing to
+the layer's output, in training and in the online loop alike (both run
+:meth:`AssociationBlock.__call__`). Its parameters are still created at
+initialisation, so the parameter tree, its size and checkpoints are the same
+for every setting, and the memory is still written as usual (it is simply
+not read by the switched-off branch). With both off the block sees no memory
+at all: every frame is associated alone.
 """
 
 from __future__ import annotations
@@ -123,6 +133,8 @@ class LSTTLayer(nn.Module):
   max_dis: int = 7
   droppath: float = 0.1
   drop_global: bool = True  # False for the first layer
+  use_global: bool = True  # ablation: False -> the global branch adds nothing
+  use_local: bool = True   # ablation: False -> the local branch adds nothing
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -196,13 +208,23 @@ class LSTTLayer(nn.Module):
     lv = jnp.where(firstb, self_v, lv)
     ah = self.att_heads
     q = self._heads(cur_k, ah)
-    g = L.global_attention(q, self._heads(gk, ah), self._heads(gv, ah), gvalid)
-    g = self.global_out(g.reshape(b, hw, d))
-    rel = jnp.einsum('bqhc,hco->bqho', q.astype(jnp.float32),
-                     self.rel_kernel) + self.rel_bias
-    loc = L.local_attention(q, self._heads(lk, ah), self._heads(lv, ah), rel,
-                            self.value_bias, size_2d, self.max_dis)
-    loc = self.local_out(loc.reshape(b, hw, d))
+    # A switched-off branch is computed only at initialisation (so that its
+    # parameters exist) and then replaced by zeros.
+    init = self.is_initializing()
+    if self.use_global or init:
+      g = L.global_attention(q, self._heads(gk, ah), self._heads(gv, ah),
+                             gvalid)
+      g = self.global_out(g.reshape(b, hw, d))
+    if not self.use_global:
+      g = jnp.zeros((b, hw, d), x.dtype)
+    if self.use_local or init:
+      rel = jnp.einsum('bqhc,hco->bqho', q.astype(jnp.float32),
+                       self.rel_kernel) + self.rel_bias
+      loc = L.local_attention(q, self._heads(lk, ah), self._heads(lv, ah), rel,
+                              self.value_bias, size_2d, self.max_dis)
+      loc = self.local_out(loc.reshape(b, hw, d))
+    if not self.use_local:
+      loc = jnp.zeros((b, hw, d), x.dtype)
     x = x + (drop(g) if self.drop_global else g) + drop(loc)
     # 3. feed-forward with GN, GELU, GCT and a depthwise 5x5 conv
     t = self.linear1(self.norm_ffn(x)).reshape(b, h, w, self.ffn_dim)
@@ -232,6 +254,8 @@ class AssociationBlock(nn.Module):
   id_bank_kernel: int = 33
   global_slots: int = 16
   global_interval: int = 3
+  use_global_memory: bool = True  # ablations, see the module docstring
+  use_local_memory: bool = True
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -243,7 +267,8 @@ class AssociationBlock(nn.Module):
     self.layers = [
         LSTTLayer(self.d_model, self.self_heads, self.att_heads, self.ffn_dim,
                   self.gn_groups, self.max_dis, self.droppath,
-                  drop_global=i > 0, dtype=self.dtype)
+                  drop_global=i > 0, use_global=self.use_global_memory,
+                  use_local=self.use_local_memory, dtype=self.dtype)
         for i in range(self.num_layers)]
     self.final_norm = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)
 

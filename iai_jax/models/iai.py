@@ -48,7 +48,9 @@ class IAI(nn.Module):
         att_heads=a.att_heads, ffn_dim=a.ffn_dim, gn_groups=a.gn_groups,
         max_dis=a.max_dis, droppath=a.droppath,
         id_bank_kernel=a.id_bank_kernel, global_slots=a.global_slots,
-        global_interval=a.global_interval, dtype=dt)
+        global_interval=a.global_interval,
+        use_global_memory=bool(a.get('use_global_memory', True)),
+        use_local_memory=bool(a.get('use_local_memory', True)), dtype=dt)
     self.fpn = FPN(m.fpn.channels, dtype=dt)
     self.head = CondInstHead(
         num_classes=m.num_classes, num_ids=m.max_obj_num,
