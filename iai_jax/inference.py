@@ -13,8 +13,8 @@ The per-frame call (:func:`frame_step`) does, for one padded frame:
 4. the ranking score ((cls + 0.5 id) x ctr on a video's first frame,
    (0.5 cls + id) x ctr afterwards), class-agnostic greedy NMS, the top
    ``infer.max_per_img``;
-5. their masks from the dynamic mask head (x8 aligned-bilinear, sigmoid,
-   0.5), and the overlap removal: in score order a detection keeps only the
+5. their masks from the dynamic mask head (aligned-bilinear x2 then x4, as
+   in training's stride-4 loss; sigmoid, 0.5), and the overlap removal: in score order a detection keeps only the
    pixels no earlier detection kept, and is dropped when less than
    ``infer.overlap_keep`` of its area survives.
 
@@ -51,8 +51,7 @@ from PIL import Image
 from iai_jax import config_lib
 from iai_jax import targets as targets_lib
 from iai_jax.models import iai as iai_model
-from iai_jax.models.condinst import dynamic_mask_head
-from iai_jax.models.layers import aligned_bilinear
+from iai_jax.models.condinst import dynamic_mask_head, mask_logits_at_input
 
 
 # ----------------------------------------------------------------- pieces
@@ -199,7 +198,7 @@ def frame_step(variables, memory, prev, image, image_size, *, model, config):
   valid = jnp.isfinite(top_score)
   logits = dynamic_mask_head(out['mask_feats'][0], c['ctrl'][top],
                              c['loc'][top], c['stride'][top])
-  logits = aligned_bilinear(logits[..., None], 8)[..., 0]  # input resolution
+  logits = mask_logits_at_input(logits)
   h, w = image.shape[:2]
   inside = ((jnp.arange(h) < image_size[0])[:, None]
             & (jnp.arange(w) < image_size[1])[None, :])

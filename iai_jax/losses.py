@@ -30,8 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from iai_jax import targets as T
-from iai_jax.models.condinst import dynamic_mask_head
-from iai_jax.models.layers import aligned_bilinear
+from iai_jax.models.condinst import dynamic_mask_head, mask_logits_at_stride4
 
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
@@ -171,7 +170,7 @@ def mask_loss_frame(mask_feats, ctrl, gt_index, mask_target, locations,
   idx, valid = select_mask_samples(gt_index, num_samples, m, key)
   logits = dynamic_mask_head(mask_feats, ctrl[idx], locations[idx],
                              strides[idx])  # (K, h, w) at stride 8
-  logits = aligned_bilinear(logits[..., None], 2)[..., 0]  # stride 4
+  logits = mask_logits_at_stride4(logits)
   if logits.shape[1:] != mask_target.shape[1:]:
     raise ValueError(f'stride-4 mask logits {logits.shape[1:]} and targets '
                      f'{mask_target.shape[1:]} differ')

@@ -154,6 +154,28 @@ class MaskBranch(nn.Module):
     return x.astype(jnp.float32)
 
 
+def mask_logits_at_stride4(logits: jax.Array) -> jax.Array:
+  """(K, h, w) stride-8 mask logits -> (K, 2h, 2w) at stride 4 (the loss).
+
+  Aligned-bilinear x2: stride-4 sample k reads stride-8 position (k-1)/2.
+  The loss compares it with the ground truth at pixel 4k+2
+  (:func:`iai_jax.targets.mask_targets`).
+  """
+  return aligned_bilinear(logits[..., None], 2)[..., 0]
+
+
+def mask_logits_at_input(logits: jax.Array) -> jax.Array:
+  """(K, h, w) stride-8 mask logits -> (K, 8h, 8w) at input resolution.
+
+  The same chain as CondInst's: x2 to the loss's stride 4, then
+  aligned-bilinear x4, which reads stride-4 sample k at pixel 4k+2 - where
+  the loss put its ground truth. A single x8 from stride 8 would read
+  stride-8 sample j at pixel 8j+4 instead of 8j+6 and shift every mask 2
+  pixels up and left of what the model was trained to draw.
+  """
+  return aligned_bilinear(mask_logits_at_stride4(logits)[..., None], 4)[..., 0]
+
+
 def grid_locations(h: int, w: int, stride: int) -> np.ndarray:
   """(h*w, 2) (x, y) pixel centres of a stride-``stride`` map, row-major."""
   ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing='ij')
