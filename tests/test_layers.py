@@ -167,3 +167,32 @@ def test_drop_path_drops_whole_samples():
   assert (per_sample.min(1) == per_sample.max(1)).all()
   assert 0 < (per_sample[:, 0] == 0).sum() < 64
   np.testing.assert_array_equal(_Drop(0.5).apply({}, x, True), x)
+
+
+# ---------------------------------------------------------------- 3x3 conv
+@pytest.mark.parametrize('h,w,stride', [(2, 3, 1), (5, 7, 2), (6, 10, 1),
+                                        (12, 20, 1), (13, 21, 2), (24, 40, 2)])
+def test_conv3x3_matches_numpy_on_small_and_large_maps(h, w, stride):
+  """Both paths (im2col below SMALL_MAP output positions, XLA's conv above)
+  against a numpy loop with torch's symmetric padding 1."""
+  rng = np.random.default_rng(h * w + stride)
+  x = rng.normal(size=(2, h, w, 5)).astype(np.float32)
+  k = rng.normal(size=(3, 3, 5, 4)).astype(np.float32)
+  oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  ref = np.zeros((2, oh, ow, 4))
+  for i in range(oh):
+    for j in range(ow):
+      patch = xp[:, i * stride:i * stride + 3, j * stride:j * stride + 3]
+      ref[:, i, j] = np.einsum('bhwc,hwco->bo', patch, k)
+  out = L.conv3x3(jnp.asarray(x), jnp.asarray(k), stride)
+  assert out.shape == ref.shape
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+  # same parameters and numbers as flax's conv with explicit padding
+  conv = L.Conv3x3(4, stride=stride)
+  v = conv.init(jax.random.key(0), jnp.asarray(x))
+  flax_conv = nn.Conv(4, (3, 3), strides=(stride, stride),
+                      padding=((1, 1), (1, 1)))
+  np.testing.assert_allclose(conv.apply(v, jnp.asarray(x)),
+                             flax_conv.apply(v, jnp.asarray(x)),
+                             rtol=1e-4, atol=1e-4)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from iai_jax.models.layers import Conv1x1, aligned_bilinear
+from iai_jax.models.layers import Conv1x1, Conv3x3, aligned_bilinear
 
 _xavier = nn.initializers.xavier_uniform()
 _normal001 = nn.initializers.normal(0.01)
@@ -21,10 +21,6 @@ DYN_IN = 10  # 2 relative coordinates + 8 mask-feature channels
 DYN_WEIGHTS = (80, 64, 8)
 DYN_BIASES = (8, 8, 1)
 DYN_PARAMS = sum(DYN_WEIGHTS) + sum(DYN_BIASES)  # 169
-
-
-def _pad(k):
-  return ((k // 2, k // 2), (k // 2, k // 2))
 
 
 class FPN(nn.Module):
@@ -39,14 +35,13 @@ class FPN(nn.Module):
     for i in range(len(lat) - 1, 0, -1):
       up = jnp.repeat(jnp.repeat(lat[i], 2, axis=1), 2, axis=2)
       lat[i - 1] = lat[i - 1] + up[:, :lat[i - 1].shape[1], :lat[i - 1].shape[2]]
-    outs = [nn.Conv(self.channels, (3, 3), padding=_pad(3), kernel_init=_xavier,
-                    dtype=self.dtype, name=f'output_{i}')(l)
+    outs = [Conv3x3(self.channels, kernel_init=_xavier, dtype=self.dtype,
+                    name=f'output_{i}')(l)
             for i, l in enumerate(lat)]
     x = outs[-1]
     for i in range(2):
-      x = nn.Conv(self.channels, (3, 3), strides=(2, 2), padding=_pad(3),
-                  kernel_init=_xavier, dtype=self.dtype,
-                  name=f'output_{len(lat) + i}')(nn.relu(x))
+      x = Conv3x3(self.channels, stride=2, kernel_init=_xavier,
+                  dtype=self.dtype, name=f'output_{len(lat) + i}')(nn.relu(x))
       outs.append(x)
     return outs
 
@@ -59,8 +54,8 @@ class ConvGN(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.channels, (3, 3), padding=_pad(3), use_bias=False,
-                kernel_init=_normal001, dtype=self.dtype, name='conv')(x)
+    x = Conv3x3(self.channels, use_bias=False, kernel_init=_normal001,
+                dtype=self.dtype, name='conv')(x)
     x = nn.GroupNorm(num_groups=self.groups, epsilon=1e-5, dtype=self.dtype,
                      name='gn')(x)
     return nn.relu(x)
@@ -85,9 +80,8 @@ class CondInstHead(nn.Module):
     self.id_convs = tower(self.num_id_convs)
     self.reg_convs = tower(self.num_convs)
     prior = -math.log((1 - self.prior_prob) / self.prior_prob)
-    conv = lambda n, bias_init=nn.initializers.zeros: nn.Conv(
-        n, (3, 3), padding=_pad(3), kernel_init=_normal001,
-        bias_init=bias_init, dtype=self.dtype)
+    conv = lambda n, bias_init=nn.initializers.zeros: Conv3x3(
+        n, kernel_init=_normal001, bias_init=bias_init, dtype=self.dtype)
     self.conv_cls = conv(self.num_classes, nn.initializers.constant(prior))
     self.conv_id = conv(self.num_ids, nn.initializers.constant(prior))
     self.conv_reg = conv(4)
@@ -116,24 +110,27 @@ class CondInstHead(nn.Module):
 
 
 class MaskBranch(nn.Module):
-  """F_mask (stride 8, 8 channels) from P3, P4, P5.
+  """F_mask (8 channels, stride ``out_stride``) from P3, P4, P5.
 
   BatchNorm here is trained: batch statistics in training (averaged over
-  ``axis_name`` when given), running statistics at inference.
+  ``axis_name`` when given), running statistics at inference. CondInst's
+  branch works at stride 8; ``out_stride=4`` upsamples the summed P3..P5
+  features x2 (aligned bilinear) before the tower, for small frames where a
+  stride-8 grid is too coarse for the masks (same parameters).
   """
   channels: int = 128
   num_convs: int = 4
   out_channels: int = 8
   momentum: float = 0.9
+  out_stride: int = 8
   axis_name: str | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, feats: Sequence[jax.Array], train: bool = False):
     def conv_bn(x, name):
-      x = nn.Conv(self.channels, (3, 3), padding=_pad(3), use_bias=False,
-                  kernel_init=_kaiming_out, dtype=self.dtype,
-                  name=f'{name}_conv')(x)
+      x = Conv3x3(self.channels, use_bias=False, kernel_init=_kaiming_out,
+                  dtype=self.dtype, name=f'{name}_conv')(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
                        epsilon=1e-5, axis_name=self.axis_name if train else None,
                        dtype=self.dtype, name=f'{name}_bn')(x)
@@ -147,6 +144,10 @@ class MaskBranch(nn.Module):
       else:
         factor = x.shape[1] // y.shape[1]
         x = x + aligned_bilinear(y, factor)
+    if self.out_stride == 4:
+      x = aligned_bilinear(x, 2)
+    elif self.out_stride != 8:
+      raise ValueError(f'mask branch out_stride {self.out_stride}: 4 or 8')
     for i in range(self.num_convs):
       x = conv_bn(x, f'tower_{i}')
     x = Conv1x1(self.out_channels, kernel_init=_kaiming_out,
@@ -154,18 +155,21 @@ class MaskBranch(nn.Module):
     return x.astype(jnp.float32)
 
 
-def mask_logits_at_stride4(logits: jax.Array) -> jax.Array:
-  """(K, h, w) stride-8 mask logits -> (K, 2h, 2w) at stride 4 (the loss).
+def mask_logits_at_stride4(logits: jax.Array, feat_stride: int = 8) -> jax.Array:
+  """(K, h, w) mask logits at ``feat_stride`` -> stride 4 (the loss's grid).
 
-  Aligned-bilinear x2: stride-4 sample k reads stride-8 position (k-1)/2.
-  The loss compares it with the ground truth at pixel 4k+2
-  (:func:`iai_jax.targets.mask_targets`).
+  From stride 8, aligned-bilinear x2: stride-4 sample k reads stride-8
+  position (k-1)/2. The loss compares it with the ground truth at pixel
+  4k+2 (:func:`iai_jax.targets.mask_targets`). Stride-4 logits (a mask
+  branch with ``out_stride`` 4) already sit on that grid.
   """
-  return aligned_bilinear(logits[..., None], 2)[..., 0]
+  if feat_stride not in (4, 8):
+    raise ValueError(f'mask features at stride {feat_stride}: 4 or 8 expected')
+  return aligned_bilinear(logits[..., None], feat_stride // 4)[..., 0]
 
 
-def mask_logits_at_input(logits: jax.Array) -> jax.Array:
-  """(K, h, w) stride-8 mask logits -> (K, 8h, 8w) at input resolution.
+def mask_logits_at_input(logits: jax.Array, feat_stride: int = 8) -> jax.Array:
+  """(K, h, w) mask logits at ``feat_stride`` -> input resolution.
 
   The same chain as CondInst's: x2 to the loss's stride 4, then
   aligned-bilinear x4, which reads stride-4 sample k at pixel 4k+2 - where
@@ -173,7 +177,8 @@ def mask_logits_at_input(logits: jax.Array) -> jax.Array:
   stride-8 sample j at pixel 8j+4 instead of 8j+6 and shift every mask 2
   pixels up and left of what the model was trained to draw.
   """
-  return aligned_bilinear(mask_logits_at_stride4(logits)[..., None], 4)[..., 0]
+  s4 = mask_logits_at_stride4(logits, feat_stride)
+  return aligned_bilinear(s4[..., None], 4)[..., 0]
 
 
 def grid_locations(h: int, w: int, stride: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from iai_jax.models.layers import Conv1x1
+from iai_jax.models.layers import Conv1x1, Conv3x3
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
                 101: (3, 4, 23, 3)}
@@ -25,6 +25,9 @@ _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 def _conv(features, kernel, stride, name, dtype):
   if kernel == 1:
     return Conv1x1(features, stride, use_bias=False, kernel_init=_conv_init,
+                   dtype=dtype, name=name)
+  if kernel == 3:
+    return Conv3x3(features, stride, use_bias=False, kernel_init=_conv_init,
                    dtype=dtype, name=name)
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
