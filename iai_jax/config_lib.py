@@ -94,6 +94,8 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   m.mask_branch.num_convs = 4
   m.mask_branch.out_channels = 8  # F_mask channels; the dynamic head needs 8
   m.mask_branch.bn_momentum = 0.9  # flax convention (torch momentum 0.1)
+  # Stride of F_mask: 8 as in CondInst; 4 for small frames (synthetic config)
+  m.mask_branch.out_stride = 8
 
   a = m.association = ml_collections.ConfigDict()
   a.d_model = 256
@@ -239,6 +241,9 @@ def check_config(c: ml_collections.ConfigDict) -> None:
   if m.mask_branch.out_channels != 8:
     raise ValueError('model.mask_branch.out_channels must be 8: the dynamic '
                      'mask head has 169 parameters for 8 feature channels')
+  if m.mask_branch.out_stride not in (4, 8):
+    raise ValueError(f'model.mask_branch.out_stride={m.mask_branch.out_stride}: '
+                     'choose 8 (CondInst) or 4 (finer masks on small frames)')
   if c.infer.tracker not in TRACKERS:
     raise ValueError(f'infer.tracker={c.infer.tracker!r}: choose one of '
                      f'{", ".join(TRACKERS)}')

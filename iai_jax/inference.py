@@ -196,9 +196,10 @@ def frame_step(variables, memory, prev, image, image_size, *, model, config):
   num = min(e.max_per_img, score.shape[0])
   top_score, top = jax.lax.top_k(score, num)
   valid = jnp.isfinite(top_score)
+  feat_stride = image.shape[0] // out['mask_feats'].shape[1]
   logits = dynamic_mask_head(out['mask_feats'][0], c['ctrl'][top],
-                             c['loc'][top], c['stride'][top])
-  logits = mask_logits_at_input(logits)
+                             c['loc'][top], c['stride'][top], feat_stride)
+  logits = mask_logits_at_input(logits, feat_stride)
   h, w = image.shape[:2]
   inside = ((jnp.arange(h) < image_size[0])[:, None]
             & (jnp.arange(w) < image_size[1])[None, :])

@@ -158,7 +158,7 @@ def mask_loss_frame(mask_feats, ctrl, gt_index, mask_target, locations,
   """Dice loss of one frame's sampled positives.
 
   Args:
-    mask_feats: (H/8, W/8, 8) F_mask.
+    mask_feats: (H/s, W/s, 8) F_mask at stride s = 8 or 4.
     ctrl: (L, 169) controller outputs at every location.
     gt_index: (L,) assigned instance or -1.
     mask_target: (M, H/4, W/4) stride-4 ground truth.
@@ -168,9 +168,10 @@ def mask_loss_frame(mask_feats, ctrl, gt_index, mask_target, locations,
   """
   m = mask_target.shape[0]
   idx, valid = select_mask_samples(gt_index, num_samples, m, key)
+  feat_stride = 4 * mask_target.shape[1] // mask_feats.shape[0]
   logits = dynamic_mask_head(mask_feats, ctrl[idx], locations[idx],
-                             strides[idx])  # (K, h, w) at stride 8
-  logits = mask_logits_at_stride4(logits)
+                             strides[idx], feat_stride)  # (K, h, w)
+  logits = mask_logits_at_stride4(logits, feat_stride)
   if logits.shape[1:] != mask_target.shape[1:]:
     raise ValueError(f'stride-4 mask logits {logits.shape[1:]} and targets '
                      f'{mask_target.shape[1:]} differ')

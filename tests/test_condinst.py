@@ -167,3 +167,81 @@ def test_output_masks_sit_where_the_loss_put_the_ground_truth():
     old_off.append(centroid(old) - centroid(disc))
   assert np.all(np.abs(np.mean(new_off, 0)) < 0.5), np.mean(new_off, 0)
   np.testing.assert_allclose(np.mean(old_off, 0), [-2, -2], atol=0.5)
+
+
+def _group_norm_np(x, groups, scale, bias, eps=1e-5):
+  b, h, w, c = x.shape
+  xg = x.reshape(b, h, w, groups, c // groups)
+  mean = xg.mean(axis=(1, 2, 4), keepdims=True)
+  var = xg.var(axis=(1, 2, 4), keepdims=True)
+  return ((xg - mean) / np.sqrt(var + eps)).reshape(x.shape) * scale + bias
+
+
+def test_head_towers_and_predictors_match_numpy_unit_by_unit():
+  """Every head output against numpy convs, GroupNorms and ReLUs, on levels
+  from 6x7 down to 1x2 (both paths of layers.conv3x3), parameters
+  randomised so nothing cancels, an ID tower deeper than the others."""
+  rng = np.random.default_rng(4)
+  feats = [jnp.asarray(rng.normal(size=(2, s, s + 1, 16)), jnp.float32)
+           for s in (6, 3, 2, 1, 1)]
+  head = C.CondInstHead(num_classes=3, num_ids=5, channels=16, num_convs=2,
+                        num_id_convs=3, gn_groups=4)
+  v = head.init(jax.random.key(0), feats)
+  params = jax.tree_util.tree_map(
+      lambda x: np.asarray(rng.normal(size=x.shape) * 0.3, np.float32),
+      v['params'])
+  out = head.apply({'params': params}, feats)
+  p = params
+  for level, f in enumerate(feats):
+    f = np.asarray(f, np.float64)
+
+    def tower(name, n):
+      x = f
+      for i in range(n):
+        u = p[f'{name}_{i}']
+        x = _conv_nhwc(x, u['conv']['kernel'], None)
+        x = np.maximum(_group_norm_np(x, 4, u['gn']['scale'], u['gn']['bias']), 0)
+      return x
+
+    cls_f, id_f, reg_f = tower('cls_convs', 2), tower('id_convs', 3), tower('reg_convs', 2)
+    conv = lambda x, name: _conv_nhwc(x, p[name]['kernel'], p[name]['bias'])
+    stride = (8, 16, 32, 64, 128)[level]
+    ref = {'cls': conv(cls_f, 'conv_cls'), 'id': conv(id_f, 'conv_id'),
+           'reg': np.maximum(conv(reg_f, 'conv_reg') * p['scales'][level], 0) * stride,
+           'ctr': conv(reg_f, 'conv_centerness'), 'ctrl': conv(reg_f, 'controller')}
+    for key, r in ref.items():
+      np.testing.assert_allclose(out[key][level], r, rtol=2e-4, atol=2e-4,
+                                 err_msg=f'{key} level {level}')
+
+
+def test_mask_branch_at_stride_4_is_the_stride_8_sum_upsampled():
+  """out_stride=4 upsamples the summed P3..P5 features x2 before the tower:
+  with no tower convs the 1x1 output commutes with the (row-stochastic)
+  upsampling, so it equals the stride-8 branch's output upsampled x2."""
+  from iai_jax.models.layers import aligned_bilinear
+  rng = np.random.default_rng(5)
+  feats = [jnp.asarray(rng.normal(size=(2, 8 // s, 12 // s, 16)), jnp.float32)
+           for s in (1, 2, 4)]
+  b8 = C.MaskBranch(channels=8, num_convs=0)
+  b4 = C.MaskBranch(channels=8, num_convs=0, out_stride=4)
+  v = b8.init(jax.random.key(0), feats)
+  out8, out4 = b8.apply(v, feats), b4.apply(v, feats)
+  assert out4.shape == (2, 16, 24, 8)
+  np.testing.assert_allclose(out4, aligned_bilinear(out8, 2), atol=1e-5)
+  # with a tower conv (BN, ReLU) in between, the tower runs on the finer
+  # grid: no longer the coarse result upsampled
+  t8 = C.MaskBranch(channels=8, num_convs=1)
+  t4 = C.MaskBranch(channels=8, num_convs=1, out_stride=4)
+  v = t8.init(jax.random.key(1), feats)
+  diff = np.abs(np.asarray(t4.apply(v, feats))
+                - np.asarray(aligned_bilinear(t8.apply(v, feats), 2)))
+  assert diff.max() > 1e-2
+
+
+def test_stride_4_mask_logits_go_straight_to_the_loss_grid():
+  rng = np.random.default_rng(6)
+  logits = jnp.asarray(rng.normal(size=(3, 10, 14)), jnp.float32)
+  np.testing.assert_array_equal(C.mask_logits_at_stride4(logits, 4), logits)
+  full = np.asarray(C.mask_logits_at_input(logits, 4))
+  assert full.shape == (3, 40, 56)
+  np.testing.assert_allclose(full[:, 2::4, 2::4], logits, atol=1e-6)

@@ -133,11 +133,11 @@ def _np_aligned_bilinear(x, f):
   return out[:f * h, :f * w]
 
 
-def _np_dynamic_mask(feats, p, loc, stride):
+def _np_dynamic_mask(feats, p, loc, stride, fs=8):
   h, w, _ = feats.shape
   ys, xs = np.mgrid[0:h, 0:w]
-  rel = np.stack([(loc[0] - (xs * 8 + 4)) / (stride * 8.0),
-                  (loc[1] - (ys * 8 + 4)) / (stride * 8.0)], -1)
+  rel = np.stack([(loc[0] - (xs * fs + fs // 2)) / (stride * 8.0),
+                  (loc[1] - (ys * fs + fs // 2)) / (stride * 8.0)], -1)
   x = np.concatenate([rel, feats], -1)
   w0, w1, w2 = (p[:80].reshape(8, 10), p[80:144].reshape(8, 8),
                 p[144:152].reshape(1, 8))
@@ -192,9 +192,10 @@ def _np_losses(outputs, tg):
       ctr_sum += c
       q = _sig(float(ctr[f, i, 0]))
       bce += -(c * math.log(q) + (1 - c) * math.log(1 - q))
-      logit = _np_dynamic_mask(np.asarray(outputs['mask_feats'][f]),
-                               ctrl[f, i], locs[i], strides[i])
-      prob = _sig(_np_aligned_bilinear(logit, 2))
+      feats = np.asarray(outputs['mask_feats'][f])
+      fs = H // feats.shape[0]  # F_mask stride: 8, or 4 (no upsampling)
+      logit = _np_dynamic_mask(feats, ctrl[f, i], locs[i], strides[i], fs)
+      prob = _sig(logit if fs == 4 else _np_aligned_bilinear(logit, 2))
       gt = tg['mask_target'][f, gti[i]]
       dice.append(1 - 2 * (prob * gt).sum()
                   / ((prob ** 2).sum() + (gt ** 2).sum() + 1e-5))
@@ -280,6 +281,20 @@ def test_iai_losses_match_numpy_reference():
   for k in want:
     np.testing.assert_allclose(float(got[k]), want[k], rtol=2e-5, err_msg=k)
   assert all(want[k] > 0 for k in LS.LOSS_KEYS)
+
+
+def test_mask_loss_with_stride_4_mask_features_matches_numpy():
+  """A mask branch with out_stride 4: the dynamic head runs on the stride-4
+  grid (pixel centres 4k+2) and its logits meet the targets unresampled."""
+  out, tg = _clip_case()
+  out = dict(out)
+  rng = np.random.default_rng(7)
+  out['mask_feats'] = jnp.asarray(rng.normal(size=(2, H // 4, W // 4, 8)),
+                                  jnp.float32)
+  got = _loss(out, tg, max_mask_samples=64)
+  want = _np_losses(out, tg)
+  np.testing.assert_allclose(float(got['mask']), want['mask'], rtol=2e-5)
+  assert want['mask'] > 0
 
 
 def test_iai_losses_jit_matches_eager_and_random_samples():

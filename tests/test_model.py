@@ -192,6 +192,11 @@ def test_unknown_config_keys_and_variants_are_errors():
     config_lib.make_config('ytvis19', 'tiny,huge')
   with pytest.raises(ValueError, match='unknown dataset preset'):
     config_lib.make_config('coco')
+  bad = config_lib.make_config('ytvis19')
+  with bad.unlocked():
+    bad.model.mask_branch.out_stride = 2
+  with pytest.raises(ValueError, match='out_stride=2: choose 8'):
+    config_lib.check_config(bad)
 
 
 def _main(*args):

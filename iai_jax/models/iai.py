@@ -60,6 +60,7 @@ class IAI(nn.Module):
     self.mask_branch = MaskBranch(
         m.mask_branch.channels, m.mask_branch.num_convs,
         m.mask_branch.out_channels, m.mask_branch.bn_momentum,
+        out_stride=m.mask_branch.get('out_stride', 8),
         axis_name=self.bn_axis_name, dtype=dt)
 
   def encode(self, images):
@@ -75,7 +76,8 @@ class IAI(nn.Module):
 
   def decode(self, c3, c4, c5p, train: bool = False):
     """FPN + heads. Returns per-level lists 'cls', 'id', 'reg', 'ctr',
-    'ctrl' of (F, h_l, w_l, .) and 'mask_feats' (F, H/8, W/8, 8)."""
+    'ctrl' of (F, h_l, w_l, .) and 'mask_feats' (F, H/s, W/s, 8), s the
+    mask branch's out_stride (8 by default)."""
     feats = self.fpn([c3, c4, c5p])
     out = self.head(feats)
     out['mask_feats'] = self.mask_branch(feats[:3], train=train)
