@@ -86,14 +86,19 @@ class Conv1x1(nn.Module):
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros
   dtype: Any = jnp.float32
+  size = 1  # kernel size (class attribute, not a field)
+
+  def convolve(self, x, kernel):
+    if self.stride > 1:
+      x = x[..., ::self.stride, ::self.stride, :]
+    return jnp.matmul(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', self.kernel_init,
-                        (1, 1, x.shape[-1], self.features), jnp.float32)
-    if self.stride > 1:
-      x = x[..., ::self.stride, ::self.stride, :]
-    y = jnp.matmul(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+                        (self.size, self.size, x.shape[-1], self.features),
+                        jnp.float32)
+    y = self.convolve(x, kernel)
     if self.use_bias:
       bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)
@@ -126,28 +131,19 @@ def conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1,
       [xp[:, i:i + stride * (oh - 1) + 1:stride,
           j:j + stride * (ow - 1) + 1:stride, :]
        for i in range(3) for j in range(3)], axis=-1)
-  return jnp.matmul(cols, kernel.reshape(-1, kernel.shape[-1]))
+  # accumulate in float32 also for bf16 inputs (as XLA's convolution does)
+  y = jnp.matmul(cols, kernel.reshape(-1, kernel.shape[-1]),
+                 preferred_element_type=jnp.float32)
+  return y.astype(dtype)
 
 
-class Conv3x3(nn.Module):
+class Conv3x3(Conv1x1):
   """``nn.Conv(features, (3, 3), strides, padding 1)`` through :func:`conv3x3`
   (same parameters: kernel (3, 3, in, out), bias (out,))."""
-  features: int
-  stride: int = 1
-  use_bias: bool = True
-  kernel_init: Any = nn.initializers.lecun_normal()
-  bias_init: Any = nn.initializers.zeros
-  dtype: Any = jnp.float32
+  size = 3
 
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param('kernel', self.kernel_init,
-                        (3, 3, x.shape[-1], self.features), jnp.float32)
-    y = conv3x3(x, kernel, self.stride, self.dtype)
-    if self.use_bias:
-      bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
-      y = y + bias.astype(self.dtype)
-    return y
+  def convolve(self, x, kernel):
+    return conv3x3(x, kernel, self.stride, self.dtype)
 
 
 class DepthwiseConv(nn.Module):
