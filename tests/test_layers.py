@@ -196,3 +196,28 @@ def test_conv3x3_matches_numpy_on_small_and_large_maps(h, w, stride):
   np.testing.assert_allclose(conv.apply(v, jnp.asarray(x)),
                              flax_conv.apply(v, jnp.asarray(x)),
                              rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('h, w', [(7, 10), (8, 9)])
+def test_max_pool_3x3_s2_matches_numpy_values_and_gradient(h, w):
+  """Values: the max of each 3x3 window (stride 2, out-of-picture samples
+  ignored), by a plain loop. Gradient of sum(pool(x) * g): each window's g
+  lands on its argmax (distinct random values, so no ties)."""
+  rng = np.random.default_rng(3)
+  x = rng.permutation(2 * h * w * 3).reshape(2, h, w, 3).astype(np.float32)
+  oh, ow = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+  g = rng.normal(size=(2, oh, ow, 3)).astype(np.float32)
+  ref = np.zeros((2, oh, ow, 3), np.float32)
+  grad = np.zeros_like(x)
+  for b in range(2):
+    for c in range(3):
+      for i in range(oh):
+        for j in range(ow):
+          r0, c0 = max(2 * i - 1, 0), max(2 * j - 1, 0)
+          win = x[b, r0:2 * i + 2, c0:2 * j + 2, c]
+          ref[b, i, j, c] = win.max()
+          di, dj = np.unravel_index(win.argmax(), win.shape)
+          grad[b, r0 + di, c0 + dj, c] += g[b, i, j, c]
+  np.testing.assert_array_equal(L.max_pool_3x3_s2(jnp.asarray(x)), ref)
+  got = jax.grad(lambda v: jnp.sum(L.max_pool_3x3_s2(v) * g))(jnp.asarray(x))
+  np.testing.assert_allclose(got, grad, atol=1e-6)

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from iai_jax.models.layers import Conv1x1, Conv3x3
+from iai_jax.models.layers import Conv1x1, Conv3x3, max_pool_3x3_s2
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
                 101: (3, 4, 23, 3)}
@@ -121,7 +121,7 @@ class ResNet(nn.Module):
     x = x.astype(self.dtype)
     x = _conv(self.width, 7, 2, 'conv1', self.dtype)(x)
     x = nn.relu(_frozen_bn('bn1', self.dtype)(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool_3x3_s2(x)
     if self.frozen_stages >= 0:
       x = jax.lax.stop_gradient(x)
     outs = {}
