@@ -236,6 +236,12 @@ def test_mask_branch_at_stride_4_is_the_stride_8_sum_upsampled():
   diff = np.abs(np.asarray(t4.apply(v, feats))
                 - np.asarray(aligned_bilinear(t8.apply(v, feats), 2)))
   assert diff.max() > 1e-2
+  # upsample_before_tower=False: the tower stays at stride 8 and only its
+  # 8-channel output is upsampled, so it is exactly that upsampling
+  late = C.MaskBranch(channels=8, num_convs=1, out_stride=4,
+                      upsample_before_tower=False)
+  np.testing.assert_allclose(late.apply(v, feats),
+                             aligned_bilinear(t8.apply(v, feats), 2), atol=1e-5)
 
 
 def test_stride_4_mask_logits_go_straight_to_the_loss_grid():

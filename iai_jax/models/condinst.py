@@ -116,13 +116,17 @@ class MaskBranch(nn.Module):
   ``axis_name`` when given), running statistics at inference. CondInst's
   branch works at stride 8; ``out_stride=4`` upsamples the summed P3..P5
   features x2 (aligned bilinear) before the tower, for small frames where a
-  stride-8 grid is too coarse for the masks (same parameters).
+  stride-8 grid is too coarse for the masks (same parameters). With
+  ``upsample_before_tower=False`` the tower stays at stride 8 and only the
+  8-channel F_mask is upsampled x2: the dynamic head (with its relative
+  coordinates) still runs on the stride-4 grid, at a fraction of the cost.
   """
   channels: int = 128
   num_convs: int = 4
   out_channels: int = 8
   momentum: float = 0.9
   out_stride: int = 8
+  upsample_before_tower: bool = True
   axis_name: str | None = None
   dtype: Any = jnp.float32
 
@@ -144,14 +148,17 @@ class MaskBranch(nn.Module):
       else:
         factor = x.shape[1] // y.shape[1]
         x = x + aligned_bilinear(y, factor)
-    if self.out_stride == 4:
-      x = aligned_bilinear(x, 2)
-    elif self.out_stride != 8:
+    if self.out_stride not in (4, 8):
       raise ValueError(f'mask branch out_stride {self.out_stride}: 4 or 8')
+    early = self.out_stride == 4 and self.upsample_before_tower
+    if early:
+      x = aligned_bilinear(x, 2)
     for i in range(self.num_convs):
       x = conv_bn(x, f'tower_{i}')
     x = Conv1x1(self.out_channels, kernel_init=_kaiming_out,
                 dtype=self.dtype, name='tower_out')(x)
+    if self.out_stride == 4 and not early:
+      x = aligned_bilinear(x, 2)
     return x.astype(jnp.float32)
 
 

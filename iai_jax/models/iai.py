@@ -61,6 +61,7 @@ class IAI(nn.Module):
         m.mask_branch.channels, m.mask_branch.num_convs,
         m.mask_branch.out_channels, m.mask_branch.bn_momentum,
         out_stride=m.mask_branch.get('out_stride', 8),
+        upsample_before_tower=m.mask_branch.get('upsample_before_tower', True),
         axis_name=self.bn_axis_name, dtype=dt)
 
   def encode(self, images):
