@@ -94,7 +94,7 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   m.mask_branch.num_convs = 4
   m.mask_branch.out_channels = 8  # F_mask channels; the dynamic head needs 8
   m.mask_branch.bn_momentum = 0.9  # flax convention (torch momentum 0.1)
-  # Stride of F_mask: 8 as in CondInst; 4 for small frames (synthetic config)
+  # Stride of F_mask: 8 as in CondInst; 4 for finer masks on small frames
   m.mask_branch.out_stride = 8
   # out_stride 4 only: True runs the mask tower on the stride-4 grid; False
   # keeps it at stride 8 and upsamples the 8-channel F_mask x2 (cheaper)
