@@ -49,8 +49,8 @@ import numpy as np
 from PIL import Image
 
 from iai_jax import config_lib
-from iai_jax import targets as targets_lib
 from iai_jax.models import iai as iai_model
+from iai_jax.models import backbones, locations, rollout
 from iai_jax.models.condinst import dynamic_mask_head, mask_logits_at_input
 
 
@@ -123,7 +123,7 @@ def id_map_from_detections(masks, ids, num_ids: int):
 def select_candidates(out, image_size, config, first_frame):
   """Per-level top-k candidates of one frame, ranked; see the module doc."""
   e = config.infer
-  strides = tuple(config.model.fpn.strides)
+  strides = locations.STRIDES
   fields = {k: [] for k in ('cls', 'id', 'reg', 'ctr', 'ctrl', 'loc', 'stride')}
   for level, s in enumerate(strides):
     cls = jax.nn.sigmoid(out['cls'][level][0].astype(jnp.float32))
@@ -139,7 +139,7 @@ def select_candidates(out, image_size, config, first_frame):
     fields['reg'].append(out['reg'][level][0].astype(jnp.float32).reshape(
         h * w, 4)[top])
     fields['ctrl'].append(out['ctrl'][level][0].reshape(h * w, -1)[top])
-    loc = targets_lib.grid_locations(h, w, s)
+    loc = locations.grid_locations(h, w, s)
     fields['loc'].append(jnp.asarray(loc, jnp.float32)[top])
     fields['stride'].append(jnp.full((k,), s, jnp.float32))
   c = {k: jnp.concatenate(v, axis=0) for k, v in fields.items()}
@@ -172,23 +172,16 @@ def frame_step(variables, memory, prev, image, image_size, *, model, config):
     ranking score, 'cls_prob' (D, P), 'ctr' (D,), 'id_prob' (D, N), 'box'
     (D, 4) in input pixels, 'mask' (D, H, W) bool (disjoint) and 'first' ().
   """
-  m, e = config.model, config.infer
-  n = m.max_obj_num
-
-  def write(mem):
-    id_map = id_map_from_detections(prev['masks'], prev['ids'], n)
-    onehot = jax.nn.one_hot(id_map, n + 1, dtype=jnp.float32)[None]
-    return model.apply(variables, mem, prev['cache'], onehot, prev['new'][None],
-                       method=model.write_memory)
-
-  memory = jax.lax.cond(prev['valid'], write, lambda mem: mem, memory)
-  first = memory.frame[0] == 0
+  e = config.infer
+  n = config.model.max_obj_num
+  id_map = id_map_from_detections(prev['masks'], prev['ids'], n)
+  pending = {'cache': prev['cache'],
+             'id_mask': jax.nn.one_hot(id_map, n + 1, dtype=jnp.float32)[None],
+             'new': prev['new'][None], 'valid': prev['valid']}
   x = iai_model.normalize_images(image[None], config.input)
-  feats = model.apply(variables, x, method=model.encode)
-  c5p, cache = model.apply(variables, feats['c5'], memory, True,
-                           method=model.associate)
-  out = model.apply(variables, feats['c3'], feats['c4'], c5p, False,
-                    method=model.decode)
+  memory, out, cache = rollout.online_frame(
+      rollout.Applied(model, variables), memory, x, pending)
+  first = memory.frame[0] == 0
 
   c = select_candidates(out, image_size, config, first)
   keep = greedy_nms(c['box'], c['rank'], c['valid'], e.nms_iou)
@@ -253,18 +246,16 @@ def resize_mask(mask: np.ndarray, resized, original) -> np.ndarray:
   return np.asarray(img).astype(bool)
 
 
-def _empty_prev(model, variables, memory, bucket, config):
+def _empty_prev(model, variables, bucket, config):
   """A 'no previous frame' record with the right shapes (for the first call)."""
   d = min(config.infer.max_per_img,
-          sum(min(config.infer.candidates_per_level, h * w) for h, w in
-              targets_lib.level_shapes(bucket, tuple(config.model.fpn.strides))))
-  c5 = jax.ShapeDtypeStruct((1, bucket[0] // 32, bucket[1] // 32,
-                             config_lib.c5_channels(config.model)), jnp.float32)
-  _, cache = jax.eval_shape(
-      lambda v, c, mem: model.apply(v, c, mem, True, method=model.associate),
-      variables, c5, memory)
-  zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache)
-  return {'cache': zeros, 'masks': jnp.zeros((d, *bucket), bool),
+          sum(min(config.infer.candidates_per_level, h * w)
+              for h, w in locations.level_shapes(bucket)))
+  c5 = (1, bucket[0] // 32, bucket[1] // 32,
+        backbones.get(config.model).channels['c5'])
+  pending = rollout.no_pending(rollout.Applied(model, variables), config.model,
+                               c5, bucket)
+  return {'cache': pending['cache'], 'masks': jnp.zeros((d, *bucket), bool),
           'ids': -jnp.ones((d,), jnp.int32), 'new': jnp.zeros((), bool),
           'valid': jnp.zeros((), bool)}
 
@@ -306,9 +297,9 @@ class OnlineSegmenter:
     m, e = self.config.model, self.config.infer
     self._size = (height, width)
     self._resized, self._bucket = inference_size(self.config, height, width)
-    self._memory = iai_model.empty_memory(m, 1, self._bucket)
-    self._prev = _empty_prev(self.model, self.variables, self._memory,
-                             self._bucket, self.config)
+    self._memory = rollout.empty_memory(m, 1, self._bucket)
+    self._prev = _empty_prev(self.model, self.variables, self._bucket,
+                             self.config)
     self._tracker = self._tracking.make_tracker(self.config)
     self._video = self._tracking.VideoAccumulator(
         m.num_classes, e.max_per_img, score_thr=e.video_score_thr)

@@ -19,9 +19,6 @@ per-frame loss is (section 4 of the design card)
   sampled locations.
 
 :func:`iai_losses` computes each part per frame and averages over frames.
-With ``axis_name`` the per-frame normalisers (number of positives, sum of
-centerness targets) are averaged across that data-parallel axis with
-``jax.lax.pmean``, as FCOS's ``reduce_mean`` does across GPUs.
 """
 
 from __future__ import annotations
@@ -29,7 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from iai_jax import targets as T
+from iai_jax.models import locations
 from iai_jax.models.condinst import dynamic_mask_head, mask_logits_at_stride4
 
 FOCAL_ALPHA = 0.25
@@ -187,15 +184,11 @@ def flatten_levels(per_level):
       [x.reshape(x.shape[0], -1, x.shape[-1]) for x in per_level], axis=1)
 
 
-def _pmean(x, axis_name):
-  return x if axis_name is None else jax.lax.pmean(x, axis_name)
-
-
 def iai_losses(outputs: dict, targets: dict, *, max_mask_samples: int = 64,
-               key=None, axis_name: str | None = None,
+               key=None,
                focal_alpha: float = FOCAL_ALPHA,
                focal_gamma: float = FOCAL_GAMMA,
-               strides: tuple = T.STRIDES) -> dict:
+               strides: tuple = locations.STRIDES) -> dict:
   """The IAI losses of F frames.
 
   Args:
@@ -209,13 +202,12 @@ def iai_losses(outputs: dict, targets: dict, *, max_mask_samples: int = 64,
     max_mask_samples: K, positive locations per frame for the mask loss.
     key: optional PRNG key for choosing the mask samples (see
       :func:`select_mask_samples`); deterministic without.
-    axis_name: when given, the per-frame normalisers are ``pmean``-ed over it.
   Returns:
     {'cls', 'id', 'box', 'ctr', 'mask', 'total'} scalars: each part is
     normalised per frame, then averaged over the frames; total = their sum.
   """
-  shapes = T.output_level_shapes(outputs)
-  locs, loc_strides, _, _, _ = T.location_table(shapes, tuple(strides))
+  shapes = locations.output_level_shapes(outputs)
+  locs, loc_strides, _ = locations.location_table(shapes, tuple(strides))
   locs = jnp.asarray(locs)
   loc_strides = jnp.asarray(loc_strides)
   cls = flatten_levels(outputs['cls'])
@@ -233,9 +225,9 @@ def iai_losses(outputs: dict, targets: dict, *, max_mask_samples: int = 64,
   weight = 1.0 - targets['ignore'].astype(jnp.float32)
   ctr_t = targets['ctr_target'].astype(jnp.float32) * pos
 
-  num_pos = _pmean(pos.sum(axis=1), axis_name)  # (F,)
+  num_pos = pos.sum(axis=1)  # (F,)
   pos_norm = jnp.maximum(num_pos, 1.0)
-  ctr_norm = jnp.maximum(_pmean(ctr_t.sum(axis=1), axis_name), 1e-6)
+  ctr_norm = jnp.maximum(ctr_t.sum(axis=1), 1e-6)
 
   focal = jax.vmap(lambda x, t, w: focal_loss_sum(x, t, w, focal_alpha,
                                                   focal_gamma))

@@ -4,53 +4,53 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from iai_jax import config_lib
+from iai_jax.models import backbones, rollout
 from iai_jax.models import iai as iai_model
-
-
-def _count(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
 
 
 def param_groups(params) -> dict:
   """{group: {'total': n, 'parts': {subgroup: n}}} over the params pytree."""
   out = {}
   for group, sub in params.items():
-    parts = {k: _count(v) for k, v in sub.items()} if isinstance(sub, dict) else {}
-    out[group] = {'total': _count(sub), 'parts': parts}
+    parts = {k: iai_model.count_params(v) for k, v in sub.items()} if isinstance(sub, dict) else {}
+    out[group] = {'total': iai_model.count_params(sub), 'parts': parts}
   return out
 
 
-def frame_function(model):
-  """The network work of one online frame: backbone, association with the
-  memory, FPN and heads, and the memory write of the frame's ID mask."""
+def frame_function(model, model_cfg):
+  """The network work of one online frame (:func:`rollout.online_frame`):
+  the previous frame's memory write, backbone, association with the
+  memory, FPN and heads. ``pending`` is a :func:`rollout.pending_shapes`
+  record."""
 
-  def frame(variables, image, memory):
-    feats = model.apply(variables, image, method=model.encode)
-    c5p, cache = model.apply(variables, feats['c5'], memory,
-                             method=model.associate)
-    out = model.apply(variables, feats['c3'], feats['c4'], c5p,
-                      method=model.decode)
-    b, h, w, _ = image.shape
-    id_mask = jnp.zeros((b, h, w, model.config.max_obj_num + 1), image.dtype)
-    memory = model.apply(variables, memory, cache, id_mask,
-                         jnp.zeros((b,), bool), method=model.write_memory)
-    return out, memory
+  def frame(variables, image, memory, pending):
+    return rollout.online_frame(rollout.Applied(model, variables), memory,
+                                image, pending)
 
   return frame
+
+
+def frame_inputs(config, model, variables, batch: int = 1):
+  """Shapes of :func:`frame_function`'s image, memory and pending write at
+  the configured input size (a frame with a previous frame to write)."""
+  h, w = config_lib.padded_size(*config.input.size, config.input.size_divisor)
+  image = jax.ShapeDtypeStruct((batch, h, w, 3), jnp.float32)
+  memory = jax.eval_shape(
+      lambda: rollout.empty_memory(config.model, batch, (h, w)))
+  c5 = (batch, h // 32, w // 32, backbones.get(config.model).channels['c5'])
+  pending = rollout.pending_shapes(rollout.Applied(model, variables),
+                                   config.model, c5, (h, w))
+  return image, memory, pending
 
 
 def gflops_per_frame(config) -> float:
   """XLA's cost analysis of :func:`frame_function` at the configured size."""
   model = iai_model.build_model(config.model)
-  h, w = config_lib.padded_size(*config.input.size, config.input.size_divisor)
   variables = iai_model.abstract_variables(model)
-  image = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
-  memory = jax.eval_shape(
-      lambda: iai_model.empty_memory(config.model, 1, (h, w)))
-  lowered = jax.jit(frame_function(model)).lower(variables, image, memory)
+  lowered = jax.jit(frame_function(model, config.model)).lower(
+      variables, *frame_inputs(config, model, variables))
   cost = lowered.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
@@ -60,7 +60,7 @@ def gflops_per_frame(config) -> float:
 def summary(config, with_flops: bool = True) -> dict:
   model = iai_model.build_model(config.model)
   params = iai_model.abstract_variables(model)['params']
-  result = {'total_params': _count(params), 'groups': param_groups(params)}
+  result = {'total_params': iai_model.count_params(params), 'groups': param_groups(params)}
   if with_flops:
     result['gflops_per_frame'] = gflops_per_frame(config)
   return result

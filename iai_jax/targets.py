@@ -11,7 +11,7 @@ padded input size):
   ignore (H, W) bool   crowd / dropped regions
 
 The locations of all FPN levels are concatenated (P3..P7, each row-major), as
-``grid_locations`` lays them out.  A location is a candidate for instance m
+:mod:`iai_jax.models.locations` lays them out.  A location is a candidate for instance m
 when
 
 * it lies strictly inside the centre-sampling region: the square of
@@ -32,15 +32,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from iai_jax.models.condinst import grid_locations
+from iai_jax.models.locations import STRIDES, location_table
 
-STRIDES = (8, 16, 32, 64, 128)
 SIZES_OF_INTEREST = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0),
                      (256.0, 512.0), (512.0, math.inf))
 CENTER_RADIUS = 1.5
@@ -49,47 +46,18 @@ IGNORE_LABEL = 254  # ``iai_jax.data.pipeline.IGNORE`` in the id_map
 _INF = 1e8
 
 
-def level_shapes(image_size, strides: Sequence[int] = STRIDES):
-  """(h, w) of each FPN level for a padded ``image_size`` (divisible by 32).
-
-  P3 is H/8; every further level is the ceiling half of the previous one
-  (exact for P4, P5; the stride-2 3x3 convs of P6, P7 round up).
-  """
-  h = -(-int(image_size[0]) // strides[0])
-  w = -(-int(image_size[1]) // strides[0])
-  shapes = []
-  for _ in strides:
-    shapes.append((h, w))
-    h, w = -(-h // 2), -(-w // 2)
-  return tuple(shapes)
-
-
-def output_level_shapes(outputs) -> tuple:
-  """Level shapes read off the model outputs' 'cls' list (F, h, w, P)."""
-  return tuple(tuple(int(s) for s in x.shape[-3:-1]) for x in outputs['cls'])
-
-
 @functools.lru_cache(maxsize=32)
-def location_table(shapes: tuple, strides: tuple = STRIDES,
-                   sizes: tuple = SIZES_OF_INTEREST):
-  """Static per-location tables over the concatenated levels.
-
-  Returns numpy arrays ``locations`` (L, 2) (x, y) in input pixels,
-  ``stride`` (L,), ``size_lo`` (L,), ``size_hi`` (L,) and ``level`` (L,).
-  """
-  if len(shapes) != len(strides) or len(sizes) != len(strides):
-    raise ValueError(f'{len(shapes)} level shapes, {len(strides)} strides and '
-                     f'{len(sizes)} size ranges must agree')
-  locs, stride, lo, hi, level = [], [], [], [], []
-  for n, ((h, w), s, (a, b)) in enumerate(zip(shapes, strides, sizes)):
-    locs.append(grid_locations(h, w, s))
-    k = h * w
-    stride.append(np.full((k,), s, np.float32))
-    lo.append(np.full((k,), a, np.float32))
-    hi.append(np.full((k,), b, np.float32))
-    level.append(np.full((k,), n, np.int32))
-  return (np.concatenate(locs), np.concatenate(stride), np.concatenate(lo),
-          np.concatenate(hi), np.concatenate(level))
+def size_ranges(shapes: tuple, sizes: tuple = SIZES_OF_INTEREST):
+  """(L,) lower and upper regression-size bounds of every location."""
+  if len(sizes) != len(shapes):
+    raise ValueError(f'{len(shapes)} level shapes and {len(sizes)} size '
+                     'ranges must agree')
+  counts = [h * w for h, w in shapes]
+  lo = np.concatenate([np.full((k,), a, np.float32)
+                       for k, (a, _) in zip(counts, sizes)])
+  hi = np.concatenate([np.full((k,), b, np.float32)
+                       for k, (_, b) in zip(counts, sizes)])
+  return lo, hi
 
 
 def mask_centers(masks, boxes):
@@ -130,7 +98,8 @@ def assign_locations(boxes, labels, ids, masks, valid, ignore, *,
   Args:
     boxes, labels, ids, masks, valid, ignore: one frame's ground truth (see
       the module docstring).
-    shapes: static ((h, w), ...) of the levels (:func:`level_shapes`).
+    shapes: static ((h, w), ...) of the levels
+      (:func:`iai_jax.models.locations.level_shapes`).
   Returns a dict over the L concatenated locations:
     cls_target (L,) int32: class, -1 for background;
     id_target (L,) int32: ID target, -1 for background;
@@ -139,8 +108,9 @@ def assign_locations(boxes, labels, ids, masks, valid, ignore, *,
     gt_index (L,) int32: assigned instance, -1 for background;
     ignore (L,) bool: not positive and inside an ignore region.
   """
-  locs, stride, lo, hi, _ = location_table(tuple(map(tuple, shapes)),
-                                           tuple(strides), tuple(sizes))
+  shapes = tuple(map(tuple, shapes))
+  locs, stride, _ = location_table(shapes, tuple(strides))
+  lo, hi = size_ranges(shapes, tuple(sizes))
   xs = jnp.asarray(locs[:, 0])[:, None]  # (L, 1)
   ys = jnp.asarray(locs[:, 1])[:, None]
   boxes = boxes.astype(jnp.float32)
@@ -243,3 +213,28 @@ def gt_from_id_map(id_map, box, label, id_target, present):
       'valid': valid,
       'ignore': id_map == IGNORE_LABEL,
   }
+
+
+# ----------------------------------------------------------------- clips
+def id_mask_from_map(id_map, num_ids: int):
+  """(B, H, W) uint8 id_map -> (B, H, W, N+1) one-hot ID mask.
+
+  What the memory is written with in training (teacher forcing): clip
+  instance k holds ID k (k <= N-2); every other pixel (background, ignore
+  regions, padding) goes to the background channel N.
+  """
+  ids = id_map.astype(jnp.int32)
+  ids = jnp.where(ids < num_ids - 1, ids, num_ids)
+  return jax.nn.one_hot(ids, num_ids + 1, dtype=jnp.float32)
+
+
+def clip_ground_truth(batch):
+  """Per-frame ground-truth dicts (leading dim B*T, clip-major) from a batch
+  of clips of :mod:`iai_jax.data.pipeline`."""
+  b, t_len, h, w = batch['id_map'].shape
+  m = batch['label'].shape[-1]
+  labels = jnp.broadcast_to(batch['label'][:, None], (b, t_len, m))
+  fold = lambda x: x.reshape(b * t_len, *x.shape[2:])
+  return jax.vmap(gt_from_id_map)(
+      fold(batch['id_map']), fold(batch['box']), fold(labels),
+      fold(batch['id_target']), fold(batch['present']))

@@ -7,8 +7,6 @@
   detection's mask to the previous frame's tracked masks by mask IoU;
 * :func:`make_tracker` picks one of them from the config (both have
   ``assign(id_prob, masks, keep)``, what the online loop calls);
-* :func:`id_map` / :func:`id_mask` build the frame's ID label map / one-hot
-  ID mask that :meth:`iai_jax.models.iai.IAI.write_memory` takes;
 * :class:`VideoAccumulator` collects a video's per-frame class scores and
   masks (stored as RLE at once) and picks the video's tracks at the end.
 
@@ -282,48 +280,6 @@ def make_tracker(config):
   if kind == 'mask_iou':
     return MaskIouTracker(n, e.get('mask_iou_threshold', 0.3))
   raise ValueError(f'infer.tracker={kind!r}: choose id_head or mask_iou')
-
-
-# ----------------------------------------------------------------- ID masks
-def id_map(ids: np.ndarray, masks: np.ndarray, num_ids: int) -> np.ndarray:
-  """Detections' IDs and masks -> (H, W) int32 ID label map.
-
-  Args:
-    ids: (D,) int IDs, -1 for detections without one (ignored).
-    masks: (D, H, W) bool masks at model input resolution.
-    num_ids: N.
-  Returns:
-    (H, W) int32: the ID of the detection covering the pixel, ``N`` (the
-    background channel) elsewhere; where masks overlap the earlier detection
-    wins (the inference's masks are disjoint anyway). ``one_hot(map, N+1)``
-    is the ID mask (:func:`id_mask`).
-  """
-  ids = np.asarray(ids)
-  masks = np.asarray(masks)
-  if masks.ndim != 3 or ids.shape != (masks.shape[0],):
-    raise ValueError(f'ids (D,) and masks (D, H, W) do not match: '
-                     f'{ids.shape} and {masks.shape}')
-  if np.any(ids >= num_ids - 1):
-    raise ValueError(f'IDs must be below N-1 = {num_ids - 1} (N-1 is the "new" '
-                     f'class, N the background), got {ids.tolist()}')
-  out = np.full(masks.shape[1:], num_ids, np.int32)
-  free = np.ones(masks.shape[1:], bool)
-  for d in np.flatnonzero(ids >= 0):
-    m = (masks[d] != 0) & free
-    out[m] = ids[d]
-    free &= ~m
-  return out
-
-
-def id_mask(ids: np.ndarray, masks: np.ndarray, num_ids: int) -> np.ndarray:
-  """(H, W, N+1) float32 one-hot ID mask: what ``IAI.write_memory`` takes.
-
-  Channel d marks the pixels of ID d, channel N the background (see
-  :func:`id_map`); add a leading batch axis for ``write_memory``. A frame
-  without detections is all background, unlike the all-zero mask used
-  before the first frame.
-  """
-  return np.eye(num_ids + 1, dtype=np.float32)[id_map(ids, masks, num_ids)]
 
 
 # ----------------------------------------------------------------- videos

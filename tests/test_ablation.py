@@ -7,6 +7,7 @@ import pytest
 
 from iai_jax import config_lib, inference, tracking, train
 from iai_jax.models import build_model
+from iai_jax.models import backbones, rollout
 from iai_jax.models import iai as iai_model
 
 COMBOS = [(True, True), (False, True), (True, False), (False, False)]
@@ -77,7 +78,7 @@ def _memories():
   it: one with other global contents, one with other local contents."""
   cfg = _config()
   a = cfg.model.association
-  mem = iai_model.empty_memory(cfg.model, 1, (64, 96))  # c5 2 x 3
+  mem = rollout.empty_memory(cfg.model, 1, (64, 96))  # c5 2 x 3
   rng = np.random.default_rng(0)
   rand = lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype)
   valid = np.zeros((1, a.global_slots), bool)
@@ -100,7 +101,7 @@ def test_association_reads_only_the_switched_on_memory(
   cfg = _config(use_global, use_local)
   model = build_model(cfg.model)
   c5 = jax.random.normal(jax.random.key(3), (1, 2, 3,
-                                             config_lib.c5_channels(cfg.model)))
+                                             backbones.get(cfg.model).channels['c5']))
   assoc = jax.jit(lambda v, mem: model.apply(v, c5, mem, True,
                                              method=model.associate)[0])
   empty, base, other_g, other_l = _memories()
@@ -162,7 +163,7 @@ def test_switched_off_branches_get_no_gradient(tiny_variables):
     cfg = _config(g, l)
     model = build_model(cfg.model)
     c5 = jax.random.normal(jax.random.key(3), (1, 2, 3,
-                                               config_lib.c5_channels(cfg.model)))
+                                               backbones.get(cfg.model).channels['c5']))
 
     def loss(assoc, model=model, c5=c5):
       out, _ = model.apply({'params': {**params, 'association': assoc}}, c5,

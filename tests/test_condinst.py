@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from iai_jax.models import condinst as C
+from iai_jax.models import locations
 
 
 def _conv_nhwc(x, kernel, bias, stride=1):
@@ -123,7 +124,7 @@ def test_mask_branch_batchnorm_train_vs_eval():
 
 
 def test_grid_locations_are_pixel_centres():
-  loc = C.grid_locations(2, 3, 8)
+  loc = locations.grid_locations(2, 3, 8)
   np.testing.assert_array_equal(loc, [[4, 4], [12, 4], [20, 4],
                                       [4, 12], [12, 12], [20, 12]])
 

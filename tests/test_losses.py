@@ -11,6 +11,7 @@ import numpy as np
 
 from iai_jax import losses as LS
 from iai_jax import targets as T
+from iai_jax.models import locations
 
 H, W = 64, 96
 SHAPES = ((8, 12), (4, 6), (2, 3), (1, 2), (1, 1))
@@ -158,7 +159,7 @@ def _np_losses(outputs, tg):
                            for x in outputs[key]], axis=1)
   cls, ids, reg, ctr, ctrl = (flat(k) for k in ('cls', 'id', 'reg', 'ctr',
                                                 'ctrl'))
-  locs, strides, _, _, _ = T.location_table(SHAPES)
+  locs, strides, _ = locations.location_table(SHAPES)
   tg = {k: np.asarray(v) for k, v in tg.items()}
   parts = {k: [] for k in LS.LOSS_KEYS}
   for f in range(cls.shape[0]):
@@ -210,7 +211,7 @@ def _np_losses(outputs, tg):
 def _outputs(f, seed=0):
   rng = np.random.default_rng(seed)
   out = {k: [] for k in ('cls', 'id', 'reg', 'ctr', 'ctrl')}
-  for (h, w), s in zip(SHAPES, T.STRIDES):
+  for (h, w), s in zip(SHAPES, locations.STRIDES):
     out['cls'].append(rng.normal(size=(f, h, w, P)) - 2)
     out['id'].append(rng.normal(size=(f, h, w, N)) - 2)
     out['reg'].append(np.abs(rng.normal(size=(f, h, w, 4))) * 2 * s + 0.5)
@@ -243,8 +244,7 @@ def _frame_gt(boxes, valid=None, ids=None, ignore=None, seed=0):
 _batch_targets = jax.jit(functools.partial(T.batch_targets, shapes=SHAPES))
 # eager op-by-op dispatch is slow on CPU: the tests jit, except where eager
 # and jitted results are compared
-_loss = jax.jit(LS.iai_losses, static_argnames=('max_mask_samples',
-                                                'axis_name'))
+_loss = jax.jit(LS.iai_losses, static_argnames=('max_mask_samples',))
 
 
 def _targets(frames):
@@ -343,28 +343,3 @@ def test_gradients_finite_with_zero_predicted_distances():
   assert np.isfinite(float(val))
   assert all(np.all(np.isfinite(np.asarray(g)))
              for g in jax.tree_util.tree_leaves(grads))
-
-
-def test_axis_name_averages_normalisers():
-  out, tg = _clip_case()
-  # two "devices" holding the two frames; per-device losses of one frame
-  split = lambda tree, i: jax.tree_util.tree_map(lambda x: x[i:i + 1], tree)
-  stack = lambda trees: jax.tree_util.tree_map(
-      lambda *xs: jnp.stack(xs), *trees)
-  outs = stack([split(out, 0), split(out, 1)])
-  tgs = stack([split(tg, 0), split(tg, 1)])
-  fn = jax.jit(jax.vmap(functools.partial(
-      LS.iai_losses, max_mask_samples=64, axis_name='d'), axis_name='d'))
-  got = fn(outs, tgs)
-  npos = np.asarray(tg['gt_index'] >= 0).sum(1).astype(np.float64)
-  ctr_sum = np.asarray(tg['ctr_target']).sum(1)
-  for dev in range(2):
-    alone = _loss(split(out, dev), split(tg, dev), max_mask_samples=64)
-    for k, scale in (('cls', npos[dev] / npos.mean()),
-                     ('id', npos[dev] / npos.mean()),
-                     ('ctr', npos[dev] / npos.mean()),
-                     ('box', ctr_sum[dev] / ctr_sum.mean()),
-                     ('mask', 1.0)):
-      np.testing.assert_allclose(float(got[k][dev]),
-                                 float(alone[k]) * scale, rtol=1e-5,
-                                 err_msg=k)

@@ -14,7 +14,8 @@ import pytest
 from iai_jax import config_lib
 from iai_jax.models import (build_model, count_params, abstract_variables,
                             init_variables, trainable_mask)
-from iai_jax.models.resnet import ResNet
+from iai_jax.models import backbones, rollout
+from iai_jax.models.backbones.resnet import ResNet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TSV = os.path.join(REPO, 'tests', 'data', 'authors-r50-ytvis19-state-dict.tsv')
@@ -159,24 +160,25 @@ def test_online_loop_over_100_frames_compiles_once(tiny):
   traces = []
 
   @jax.jit
-  def frame(variables, image, memory, id_mask, new):
+  def frame(variables, image, memory, pending):
     traces.append(1)
-    feats = model.apply(variables, image, method=model.encode)
-    c5p, cache = model.apply(variables, feats['c5'], memory, method=model.associate)
-    out = model.apply(variables, feats['c3'], feats['c4'], c5p, method=model.decode)
-    memory = model.apply(variables, memory, cache, id_mask, new,
-                         method=model.write_memory)
-    return out['cls'][0], memory
+    net = rollout.Applied(model, variables)
+    memory, out, cache = rollout.online_frame(net, memory, image, pending)
+    return out['cls'][0], memory, cache
 
   h, w = 64, 96
-  memory = model.apply(variables, 1, (h, w), method=model.init_memory)
+  memory = rollout.empty_memory(cfg.model, 1, (h, w))
+  net = rollout.Applied(model, variables)
+  c5 = backbones.get(cfg.model).channels['c5']
+  pending = rollout.no_pending(net, cfg.model, (1, h // 32, w // 32, c5), (h, w))
   images = jax.random.normal(jax.random.key(3), (4, 1, h, w, 3))
   id_mask = jnp.zeros((1, h, w, cfg.model.max_obj_num + 1)).at[:, 8:30, 8:40, 0].set(1)
   for t in range(100):
-    cls, memory = frame(variables, images[t % 4], memory, id_mask,
-                        jnp.asarray([t == 5]))
+    cls, memory, cache = frame(variables, images[t % 4], memory, pending)
+    pending = {'cache': cache, 'id_mask': id_mask,
+               'new': jnp.asarray([t == 5]), 'valid': jnp.asarray(True)}
   assert len(traces) == 1
-  assert int(memory.frame[0]) == 100
+  assert int(memory.frame[0]) == 99  # frames 0..98 written, 99 pending
   assert int(memory.global_valid.sum()) == cfg.model.association.global_slots
   assert np.isfinite(np.asarray(cls)).all()
 
@@ -190,7 +192,7 @@ def test_unknown_config_keys_and_variants_are_errors():
   config_lib.check_override_key(cfg, 'model.backbone.depth')
   with pytest.raises(ValueError, match='unknown config variant'):
     config_lib.make_config('ytvis19', 'tiny,huge')
-  with pytest.raises(ValueError, match='unknown dataset preset'):
+  with pytest.raises(ValueError, match='unknown config'):
     config_lib.make_config('coco')
   bad = config_lib.make_config('ytvis19')
   with bad.unlocked():

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from iai_jax import targets as T
+from iai_jax.models import locations
 
 H, W = 64, 96
 SHAPES = ((8, 12), (4, 6), (2, 3), (1, 2), (1, 1))
@@ -49,7 +50,7 @@ def _assign(gt, **kw):
 def _reference(gt, lower_inclusive=True):
   """Independent per-location loops."""
   cls, idt, gti, ign, reg, ctr = [], [], [], [], [], []
-  for (h, w), s, (lo, hi) in zip(SHAPES, T.STRIDES, RANGES):
+  for (h, w), s, (lo, hi) in zip(SHAPES, locations.STRIDES, RANGES):
     for i in range(h):
       for j in range(w):
         x, y = j * s + s // 2, i * s + s // 2
@@ -102,17 +103,18 @@ def _check_reference(out, gt, **kw):
 
 def _positives(out, m):
   """Sorted (level stride, x, y) of the locations assigned to instance m."""
-  locs, stride, _, _, _ = T.location_table(SHAPES)
+  locs, stride, _ = locations.location_table(SHAPES)
   sel = np.nonzero(out['gt_index'] == m)[0]
   return sorted((int(stride[i]), int(locs[i, 0]), int(locs[i, 1]))
                 for i in sel)
 
 
 def test_level_shapes_and_location_table():
-  assert T.level_shapes((H, W)) == SHAPES
-  assert T.level_shapes((384, 640)) == ((48, 80), (24, 40), (12, 20),
+  assert locations.level_shapes((H, W)) == SHAPES
+  assert locations.level_shapes((384, 640)) == ((48, 80), (24, 40), (12, 20),
                                         (6, 10), (3, 5))
-  locs, stride, lo, hi, level = T.location_table(SHAPES)
+  locs, stride, level = locations.location_table(SHAPES)
+  lo, hi = T.size_ranges(SHAPES)
   assert locs.shape == (96 + 24 + 6 + 2 + 1, 2)
   np.testing.assert_array_equal(locs[:3], [[4, 4], [12, 4], [20, 4]])
   np.testing.assert_array_equal(locs[12], [4, 12])  # row-major
@@ -236,7 +238,7 @@ def test_ignore_regions_and_padding():
   assert (out['gt_index'] == 1).sum() == 0  # invalid entries never assigned
   assert (out['gt_index'] == 0).sum() == 9
   assert not np.any(out['ignore'] & (out['gt_index'] >= 0))
-  locs, _, _, _, _ = T.location_table(SHAPES)
+  locs, _, _ = locations.location_table(SHAPES)
   ignored = sorted(map(tuple, locs[out['ignore']].astype(int).tolist()))
   expected = [(84, 4), (92, 4), (84, 12), (92, 12), (88, 8),
               (36, 12), (36, 20), (36, 28), (12, 36), (20, 36), (28, 36),

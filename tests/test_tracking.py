@@ -203,32 +203,28 @@ def test_tracker_checks_shapes():
 
 
 # ----------------------------------------------------------------- ID masks
-def test_id_map_and_one_hot_id_mask_match_the_training_layout():
-  from iai_jax import train
+def test_online_id_map_has_the_training_layout():
+  """The online loop's ID label map (inference.id_map_from_detections) and
+  its one-hot, as written into the memory: channel d = ID d, channel N =
+  background, the same layout as training's targets.id_mask_from_map."""
+  import jax
+  from iai_jax import inference, targets
   n = 6
   masks = np.zeros((4, 5, 7), bool)
   masks[0, 0:2, 0:3] = True          # ID 3
-  masks[1, 1:4, 2:6] = True          # ID 0, overlaps det 0 at (1, 2)
+  masks[1, 2:4, 2:6] = True          # ID 0
   masks[2, 4, :] = True              # no ID: ignored
   masks[3, 3:5, 6] = True            # ID 4 (= N-2, the largest allowed)
-  ids = np.array([3, 0, -1, 4])
-  label = tracking.id_map(ids, masks, n)
+  ids = np.array([3, 0, -1, 4], np.int32)
+  label = np.asarray(inference.id_map_from_detections(masks, ids, n))
   assert label.dtype == np.int32 and label.shape == (5, 7)
-  assert label[1, 2] == 3            # the earlier detection wins
-  assert label[2, 3] == 0 and label[0, 0] == 3 and label[3, 6] == 4
-  assert label[4, 0] == n and label[4, 6] == 4   # background is channel N
-  onehot = tracking.id_mask(ids, masks, n)
-  assert onehot.shape == (5, 7, n + 1) and onehot.dtype == np.float32
-  np.testing.assert_array_equal(onehot.sum(-1), 1)
-  np.testing.assert_array_equal(onehot.argmax(-1), label)
-  # The same (H, W, N+1) layout train.id_mask_from_map feeds write_memory.
-  ref = np.asarray(train.id_mask_from_map(label[None], n))[0]
+  assert label[0, 0] == 3 and label[1, 2] == 3 and label[2, 3] == 0
+  assert label[3, 6] == 4 and label[4, 6] == 4
+  assert label[4, 0] == n and label[2, 0] == n   # background is channel N
+  onehot = np.asarray(jax.nn.one_hot(label, n + 1))
+  ref = np.asarray(targets.id_mask_from_map(label[None], n))[0]
   np.testing.assert_array_equal(onehot, ref)
-
-
-def test_id_map_rejects_the_new_class():
-  with pytest.raises(ValueError, match='new'):
-    tracking.id_map(np.array([5]), np.ones((1, 2, 2), bool), 6)
+  np.testing.assert_array_equal(ref.argmax(-1), label)
 
 
 # ----------------------------------------------------------------- RLE

@@ -32,14 +32,12 @@ at all: every frame is associated alone.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from iai_jax.models import layers as L
 

@@ -11,13 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from iai_jax.models.layers import Conv1x1, Conv3x3, aligned_bilinear
+from iai_jax.models.locations import STRIDES, grid_locations
 
 _xavier = nn.initializers.xavier_uniform()
 _normal001 = nn.initializers.normal(0.01)
 _kaiming_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 # Dynamic mask head: three 1x1 convs 10->8, 8->8, 8->1 (weights then biases).
-DYN_IN = 10  # 2 relative coordinates + 8 mask-feature channels
+MASK_CHANNELS = 8  # F_mask channels: the 169 dynamic parameters assume 8
+DYN_IN = 2 + MASK_CHANNELS  # 2 relative coordinates + 8 mask-feature channels
 DYN_WEIGHTS = (80, 64, 8)
 DYN_BIASES = (8, 8, 1)
 DYN_PARAMS = sum(DYN_WEIGHTS) + sum(DYN_BIASES)  # 169
@@ -65,7 +67,7 @@ class CondInstHead(nn.Module):
   """Shared head over P3..P7: classes, IDs, boxes, centerness, controller."""
   num_classes: int
   num_ids: int
-  strides: Sequence[int] = (8, 16, 32, 64, 128)
+  strides: Sequence[int] = STRIDES
   channels: int = 256
   num_convs: int = 4
   num_id_convs: int = 1
@@ -112,8 +114,9 @@ class CondInstHead(nn.Module):
 class MaskBranch(nn.Module):
   """F_mask (8 channels, stride ``out_stride``) from P3, P4, P5.
 
-  BatchNorm here is trained: batch statistics in training (averaged over
-  ``axis_name`` when given), running statistics at inference. CondInst's
+  BatchNorm here is trained: batch statistics in training (over the whole
+  batch, also when it is sharded over devices), running statistics at
+  inference. CondInst's
   branch works at stride 8; ``out_stride=4`` upsamples the summed P3..P5
   features x2 (aligned bilinear) before the tower, for small frames where a
   stride-8 grid is too coarse for the masks (same parameters). With
@@ -123,11 +126,9 @@ class MaskBranch(nn.Module):
   """
   channels: int = 128
   num_convs: int = 4
-  out_channels: int = 8
   momentum: float = 0.9
   out_stride: int = 8
   upsample_before_tower: bool = True
-  axis_name: str | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -136,8 +137,7 @@ class MaskBranch(nn.Module):
       x = Conv3x3(self.channels, use_bias=False, kernel_init=_kaiming_out,
                   dtype=self.dtype, name=f'{name}_conv')(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                       epsilon=1e-5, axis_name=self.axis_name if train else None,
-                       dtype=self.dtype, name=f'{name}_bn')(x)
+                       epsilon=1e-5, dtype=self.dtype, name=f'{name}_bn')(x)
       return nn.relu(x)
 
     x = None
@@ -155,7 +155,7 @@ class MaskBranch(nn.Module):
       x = aligned_bilinear(x, 2)
     for i in range(self.num_convs):
       x = conv_bn(x, f'tower_{i}')
-    x = Conv1x1(self.out_channels, kernel_init=_kaiming_out,
+    x = Conv1x1(MASK_CHANNELS, kernel_init=_kaiming_out,
                 dtype=self.dtype, name='tower_out')(x)
     if self.out_stride == 4 and not early:
       x = aligned_bilinear(x, 2)
@@ -186,14 +186,6 @@ def mask_logits_at_input(logits: jax.Array, feat_stride: int = 8) -> jax.Array:
   """
   s4 = mask_logits_at_stride4(logits, feat_stride)
   return aligned_bilinear(s4[..., None], 4)[..., 0]
-
-
-def grid_locations(h: int, w: int, stride: int) -> np.ndarray:
-  """(h*w, 2) (x, y) pixel centres of a stride-``stride`` map, row-major."""
-  ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing='ij')
-  loc = np.stack([xs.ravel() * stride + stride // 2,
-                  ys.ravel() * stride + stride // 2], axis=-1)
-  return loc.astype(np.float32)
 
 
 def split_dynamic_params(params: jax.Array):

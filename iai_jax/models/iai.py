@@ -1,13 +1,13 @@
-"""The IAI model: ResNet -> Hybrid Association Block -> FPN -> CondInst heads.
+"""The IAI model: backbone -> Hybrid Association Block -> FPN -> CondInst heads.
 
-The training step and the online loop share three pure functions, reached
-with ``model.apply(variables, ..., method=...)``:
+Four pure pieces, reached with ``model.apply(variables, ..., method=...)``
+and strung together over time by :mod:`iai_jax.models.rollout`:
 
 * :meth:`IAI.encode`: backbone on any number of frames at once;
 * :meth:`IAI.associate`: one association step of one frame (memory in, C5'
-  and the frame's cache out), usable as the body of ``jax.lax.scan``;
-  :meth:`IAI.write_memory` turns the cache and the frame's ID mask into the
-  next memory;
+  and the frame's cache out);
+* :meth:`IAI.write_memory`: the cache and the frame's ID mask -> the next
+  memory;
 * :meth:`IAI.decode`: FPN and heads on any number of frames at once.
 
 Parameter groups (top level of ``params``): backbone, association, fpn,
@@ -16,53 +16,48 @@ head, mask_branch.
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from iai_jax import config_lib
-from iai_jax.models.association import AssociationBlock, Memory, init_memory
+from iai_jax.models import backbones, locations, rollout
+from iai_jax.models.association import AssociationBlock, Memory
 from iai_jax.models.condinst import CondInstHead, FPN, MaskBranch
-from iai_jax.models.resnet import ResNet, frozen_param_mask
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+DTYPES = rollout.DTYPES
 
 
 class IAI(nn.Module):
   config: ml_collections.FrozenConfigDict  # the ``model`` section
-  bn_axis_name: str | None = None  # mask-branch BatchNorm sync axis
 
   def setup(self):
     m = self.config
     dt = DTYPES[m.dtype]
     a = m.association
-    self.backbone = ResNet(m.backbone.depth, m.backbone.width, dtype=dt,
-                           frozen_stages=m.backbone.frozen_stages)
+    backbone = backbones.get(m)
+    self.backbone = backbone.build(dt)
     self.association = AssociationBlock(
-        num_ids=m.max_obj_num, c5_channels=config_lib.c5_channels(m),
+        num_ids=m.max_obj_num, c5_channels=backbone.channels['c5'],
         d_model=a.d_model, num_layers=a.num_layers, self_heads=a.self_heads,
         att_heads=a.att_heads, ffn_dim=a.ffn_dim, gn_groups=a.gn_groups,
         max_dis=a.max_dis, droppath=a.droppath,
         id_bank_kernel=a.id_bank_kernel, global_slots=a.global_slots,
         global_interval=a.global_interval,
-        use_global_memory=bool(a.get('use_global_memory', True)),
-        use_local_memory=bool(a.get('use_local_memory', True)), dtype=dt)
+        use_global_memory=bool(a.use_global_memory),
+        use_local_memory=bool(a.use_local_memory), dtype=dt)
     self.fpn = FPN(m.fpn.channels, dtype=dt)
     self.head = CondInstHead(
         num_classes=m.num_classes, num_ids=m.max_obj_num,
-        strides=tuple(m.fpn.strides), channels=m.head.channels,
+        strides=locations.STRIDES, channels=m.head.channels,
         num_convs=m.head.num_convs, num_id_convs=m.head.id_convs,
         gn_groups=m.head.gn_groups, prior_prob=m.head.prior_prob, dtype=dt)
     self.mask_branch = MaskBranch(
         m.mask_branch.channels, m.mask_branch.num_convs,
-        m.mask_branch.out_channels, m.mask_branch.bn_momentum,
-        out_stride=m.mask_branch.get('out_stride', 8),
-        upsample_before_tower=m.mask_branch.get('upsample_before_tower', True),
-        axis_name=self.bn_axis_name, dtype=dt)
+        momentum=m.mask_branch.bn_momentum,
+        out_stride=m.mask_branch.out_stride,
+        upsample_before_tower=m.mask_branch.upsample_before_tower, dtype=dt)
 
   def encode(self, images):
     """(F, H, W, 3) normalised frames -> {'c3', 'c4', 'c5'}."""
@@ -84,32 +79,13 @@ class IAI(nn.Module):
     out['mask_feats'] = self.mask_branch(feats[:3], train=train)
     return out
 
-  def init_memory(self, batch: int, image_size) -> Memory:
-    return empty_memory(self.config, batch, image_size)
-
   def __call__(self, images, train: bool = False):
     """One frame per batch element through every part (used by ``init``)."""
-    b, h, w, _ = images.shape
-    feats = self.encode(images)
-    memory = self.init_memory(b, (h, w))
-    c5p, cache = self.associate(feats['c5'], memory, deterministic=not train)
-    id_mask = jnp.zeros((b, h, w, self.config.max_obj_num + 1), jnp.float32)
-    memory = self.write_memory(memory, cache, id_mask,
-                               jnp.zeros((b,), bool))
-    return self.decode(feats['c3'], feats['c4'], c5p, train=train), memory
+    return rollout.init_pass(self, images, self.config, train)
 
 
-def empty_memory(model_cfg, batch: int, image_size) -> Memory:
-  """The memory before a video's first frame, for padded ``image_size``."""
-  a = model_cfg.association
-  h, w = image_size
-  return init_memory(a.num_layers, batch, (h // 32, w // 32), a.d_model,
-                     a.global_slots, DTYPES[model_cfg.dtype])
-
-
-def build_model(model_cfg, bn_axis_name: str | None = None) -> IAI:
-  frozen = ml_collections.FrozenConfigDict(model_cfg)
-  return IAI(frozen, bn_axis_name=bn_axis_name)
+def build_model(model_cfg) -> IAI:
+  return IAI(ml_collections.FrozenConfigDict(model_cfg))
 
 
 def _init(model: IAI, rng, image_size):
@@ -136,11 +112,9 @@ def normalize_images(images, input_cfg):
 
 
 def trainable_mask(params, model_cfg):
-  """Pytree of bools: False for the frozen backbone parts and frozen BN."""
-  mask = jax.tree_util.tree_map(lambda _: True, params)
-  mask = dict(mask)
-  frozen = frozen_param_mask(params['backbone'],
-                             model_cfg.backbone.frozen_stages)
+  """Pytree of bools: False for the parameters the backbone freezes."""
+  mask = dict(jax.tree_util.tree_map(lambda _: True, params))
+  frozen = backbones.get(model_cfg).frozen_mask(params['backbone'])
   mask['backbone'] = jax.tree_util.tree_map(lambda f: not f, frozen)
   return mask
 

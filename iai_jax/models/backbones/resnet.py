@@ -1,13 +1,16 @@
 """ResNet-18/34/50/101 backbone ("pytorch style") returning C3, C4, C5.
 
-Every BatchNorm is frozen: it normalises with its running statistics (the
-``batch_stats`` collection) and its affine parameters are not trained; the
-optimiser masks them out with :func:`frozen_param_mask`.  Padding is explicit
+The backbone ``resnet`` of :mod:`iai_jax.models.backbones` (config keys
+``model.backbone.depth``, ``width``, ``frozen_stages``). Every BatchNorm is
+frozen: it normalises with its running statistics (the ``batch_stats``
+collection) and its affine parameters are not trained; the optimiser masks
+them out (:func:`is_frozen`).  Padding is explicit
 and symmetric as in torch, so converted weights give the same features.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -141,26 +144,51 @@ class ResNet(nn.Module):
     return outs
 
 
-def is_frozen_backbone_param(path: tuple[str, ...], frozen_stages: int) -> bool:
-  """Path is relative to the backbone's parameters."""
+# ----------------------------------------------------------------- interface
+# (see iai_jax.models.backbones)
+DEPTHS = tuple(STAGE_BLOCKS)
+
+
+def check(cfg) -> None:
+  if cfg.depth not in DEPTHS:
+    raise ValueError(f'model.backbone.depth={cfg.depth}: supported depths are '
+                     + ', '.join(map(str, DEPTHS)))
+  if cfg.width < 1:
+    raise ValueError(f'model.backbone.width={cfg.width} must be >= 1')
+  if not -1 <= cfg.frozen_stages <= 4:
+    raise ValueError(f'model.backbone.frozen_stages={cfg.frozen_stages}: '
+                     'use -1 (nothing frozen) .. 4')
+
+
+def build(cfg, dtype) -> ResNet:
+  return ResNet(cfg.depth, cfg.width, dtype=dtype,
+                frozen_stages=cfg.frozen_stages)
+
+
+def channels(cfg) -> dict[str, int]:
+  expansion = 1 if cfg.depth in (18, 34) else 4
+  return {f'c{s + 2}': cfg.width * 2 ** s * expansion for s in (1, 2, 3)}
+
+
+def is_frozen(path: tuple[str, ...], cfg) -> bool:
+  """Path relative to the backbone's parameters."""
   top = path[0]
   if top in ('conv1', 'bn1'):
-    return frozen_stages >= 0
+    return cfg.frozen_stages >= 0
   if top.startswith('layer'):
     stage = int(top[len('layer'):].split('_')[0])
-    if stage <= frozen_stages:
+    if stage <= cfg.frozen_stages:
       return True
   # every BatchNorm's affine parameters are frozen ("frozen BN")
   return any(p == 'bn1' or p.startswith('bn') or p == 'downsample_bn'
              for p in path[1:2])
 
 
-def frozen_param_mask(params, frozen_stages: int = 1):
-  """Pytree of bools over ``params['backbone']``: True = not trained."""
-  flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  treedef = jax.tree_util.tree_structure(params)
-  leaves = []
-  for path, _ in flat:
-    names = tuple(p.key for p in path)
-    leaves.append(is_frozen_backbone_param(names, frozen_stages))
-  return jax.tree_util.tree_unflatten(treedef, leaves)
+def torch_module(path: tuple[str, ...]) -> str:
+  """Our module path -> torchvision / mmdet ResNet module name."""
+  top = path[0]
+  m = re.fullmatch(r'layer(\d+)_(\d+)', top)
+  if m is None:
+    return top  # conv1, bn1
+  sub = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}
+  return f'layer{m[1]}.{m[2]}.{sub.get(path[1], path[1])}'
