@@ -1,4 +1,15 @@
-"""Converted checkpoints: writing, loading and initialising training from them.
+"""Checkpoints: the one owner of their layouts on disk.
+
+Two kinds of folders hold model variables:
+
+A training workdir (written by :func:`iai_jax.train.train`)::
+
+  WORKDIR/checkpoints/<step>/state    the TrainState (orbax StandardSave)
+  WORKDIR/checkpoints/<step>/data     the data iterator's position (grain)
+  WORKDIR/checkpoints/<step>/config   the run's config (JSON)
+
+:func:`manager`, :func:`save` and :func:`restore_for_resume` write and read
+it; the last ``train.keep_checkpoints`` steps are kept.
 
 A converted checkpoint (written by ``python -m iai_jax.convert``) is a
 directory holding
@@ -15,8 +26,9 @@ Nothing here needs torch.
 
 Use::
 
-  variables = weights.load_variables(path, config)     # a complete model
-  variables = weights.init_from(config, variables)     # --config.init_from
+  variables = checkpoints.restore_variables(config, path)  # any of the three:
+      # a workdir (its latest step), one step folder, a converted checkpoint
+  variables = checkpoints.init_from(config, variables)     # --config.init_from
 """
 
 from __future__ import annotations
@@ -32,7 +44,15 @@ META_FILE = 'conversion.json'
 FORMAT_VERSION = 1
 
 
-class CheckpointMismatchError(ValueError):
+ITEMS = ('state', 'data', 'config')  # the items of a workdir's step folder
+CHECKPOINTS_DIR = 'checkpoints'
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used; the message says why and what to do."""
+
+
+class CheckpointMismatchError(CheckpointError):
   """The checkpoint's variables do not fit the model of the config."""
 
 
@@ -189,7 +209,7 @@ def _variables_dir(path: str) -> str:
         f'{path} is a training workdir, not a converted checkpoint: pass it '
         'to --checkpoint for eval/predict; to train from converted weights '
         'pass a folder written by python -m iai_jax.convert')
-  raise FileNotFoundError(
+  raise CheckpointError(
       f'{path} is not a converted checkpoint (no {VARIABLES_DIR}/ in it); '
       'write one with python -m iai_jax.convert --output=DIR')
 
@@ -317,3 +337,90 @@ def init_from(config, variables: Mapping[str, Any],
     msg += '; kept their fresh initialisation: ' + ', '.join(kept)
   log(msg)
   return merged
+
+
+# ----------------------------------------------------------------- workdirs
+def manager(workdir: str, keep: int | None = None):
+  """The orbax CheckpointManager of ``workdir/checkpoints``."""
+  import orbax.checkpoint as ocp
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, cleanup_tmp_directories=True,
+      enable_async_checkpointing=False)
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, CHECKPOINTS_DIR)),
+      options=options, item_names=ITEMS)
+
+
+def save(mgr, step: int, state, data_iter, config) -> None:
+  """Save the train state, the data iterator's position and the config."""
+  import grain
+  import orbax.checkpoint as ocp
+  mgr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=grain.checkpoint.CheckpointSave(data_iter),
+      config=ocp.args.JsonSave(json.loads(config.to_json()))))
+
+
+def restore_for_resume(mgr, abstract_state, data_iter):
+  """(state, step) of the latest checkpoint, the iterator moved to its
+  position; (None, 0) when the workdir has none.
+
+  ``abstract_state``: ShapeDtypeStructs (with shardings) of the state.
+  """
+  import grain
+  import orbax.checkpoint as ocp
+  step = mgr.latest_step()
+  if step is None:
+    return None, 0
+  restored = mgr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state),
+      data=grain.checkpoint.CheckpointRestore(data_iter)))
+  return restored.state, step
+
+
+def _workdir_step(path: str) -> tuple[str, int | None] | None:
+  """(checkpoints dir, step or None for the latest) if ``path`` is a
+  training workdir or one of its step folders, else None."""
+  if os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
+    return os.path.join(path, CHECKPOINTS_DIR), None
+  if (os.path.isdir(os.path.join(path, 'state'))
+      and os.path.basename(path).isdigit()):
+    return os.path.dirname(path), int(os.path.basename(path))
+  return None
+
+
+def restore_variables(config, path: str, log=print) -> dict[str, Any]:
+  """Model variables {'params', 'batch_stats'} (numpy) from ``path``.
+
+  ``path`` may be a training workdir (its latest checkpoint is used), one
+  step folder of it (``WORKDIR/checkpoints/<step>``), or a directory written
+  by ``python -m iai_jax.convert``.
+  """
+  import jax
+  import orbax.checkpoint as ocp
+
+  from iai_jax import train_state
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise CheckpointError(
+        f'checkpoint {path} does not exist. Pass a training workdir, one of '
+        'its checkpoints/<step> folders, or a folder written by python -m '
+        'iai_jax.convert.')
+  found = _workdir_step(path)
+  if found is None:
+    return load_variables(path, config)
+  ckpt_dir, step = found
+  mgr = ocp.CheckpointManager(ckpt_dir, item_names=ITEMS)
+  step = mgr.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointError(f'{ckpt_dir} holds no complete checkpoint yet')
+  abstract = train_state.abstract_train_state(config)
+  try:
+    restored = mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+  except (ValueError, KeyError, TypeError) as e:
+    raise CheckpointMismatchError(
+        f'the checkpoint {ckpt_dir}/{step} does not fit the config (model '
+        f'size, classes or ID slots differ?): {str(e)[:800]}') from e
+  log(f'restored step {step} from {ckpt_dir}')
+  return jax.device_get(restored.state.variables())

@@ -52,7 +52,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from iai_jax import weights
+from iai_jax import checkpoints
+from iai_jax.models import backbones
 
 SOURCES = ('iai', 'condinst', 'torchvision-resnet')
 
@@ -172,20 +173,11 @@ _LEAF = {'bias': 'bias', 'scale': 'weight', 'mean': 'running_mean',
          'gamma': 'gamma'}
 
 
-def _backbone_module(parts: tuple[str, ...]) -> str:
-  top = parts[0]
-  m = re.fullmatch(r'layer(\d+)_(\d+)', top)
-  if m is None:
-    return top  # conv1, bn1
-  sub = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}
-  return f'layer{m[1]}.{m[2]}.{sub.get(parts[1], parts[1])}'
-
-
 def _module_name(mod: tuple[str, ...], model_cfg) -> str:
   """Our module path (no collection, no leaf) -> the authors' module name."""
   group, rest = mod[0], mod[1:]
   if group == 'backbone':
-    return 'backbone.' + _backbone_module(rest)
+    return 'backbone.' + backbones.get(model_cfg).torch_module(rest)
   if group == 'association':
     top = rest[0]
     if top == 'encoder_projector':
@@ -276,8 +268,8 @@ def layout_entries(model_cfg, source: str = 'iai', abstract=None
     raise ConversionError(f'unknown source {source!r}; choose one of '
                           f'{", ".join(SOURCES)}')
   if abstract is None:
-    abstract = weights.abstract_for(model_cfg)
-  shapes = {p: tuple(x.shape) for p, x in weights.flatten(abstract).items()}
+    abstract = checkpoints.abstract_for(model_cfg)
+  shapes = {p: tuple(x.shape) for p, x in checkpoints.flatten(abstract).items()}
   entries = []
   for path, shape in shapes.items():
     if not _in_source(path, source):
@@ -377,7 +369,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_cfg,
     ConversionError listing every leftover key, missing key and shape
     mismatch.
   """
-  model_cfg = weights.model_config(model_cfg)
+  model_cfg = checkpoints.model_config(model_cfg)
   entries, shapes = layout_entries(model_cfg, source, abstract)
   sd = {k: np.asarray(v) for k, v in state_dict.items()}
   report = Report(source)
@@ -430,9 +422,9 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_cfg,
       flat[e.path] = _to_flax(e.layout, x.astype(np.float32), shapes[e.path])
     report.converted += 1
     report.values += int(x.size)
-  report.fresh = weights.collapse_paths(
+  report.fresh = checkpoints.collapse_paths(
       [p for p in shapes if p not in flat], shapes)
-  variables = weights.unflatten(flat)
+  variables = checkpoints.unflatten(flat)
   for coll in {p[0] for p in shapes}:
     variables.setdefault(coll, {})
   return variables, report
@@ -446,9 +438,9 @@ def export_state_dict(variables: Mapping[str, Any], model_cfg,
   ``num_batches_tracked`` counters); used by the tests and to check a
   conversion by converting back.
   """
-  model_cfg = weights.model_config(model_cfg)
+  model_cfg = checkpoints.model_config(model_cfg)
   entries, _ = layout_entries(model_cfg, source)
-  flat = weights.flatten(variables)
+  flat = checkpoints.flatten(variables)
   out = {}
   for e in entries:
     if e.path not in flat:
@@ -523,7 +515,7 @@ def convert_file(source: str, input_path: str, config, output: str,
                  overwrite: bool = False, log=print,
                  config_overrides: Mapping[str, Any] | None = None) -> Report:
   """Read ``input_path``, convert it for ``config`` and write ``output``."""
-  model_cfg = weights.model_config(config)
+  model_cfg = checkpoints.model_config(config)
   sd = load_torch_state_dict(input_path)
   variables, report = convert_state_dict(
       sd, model_cfg, source, skip_mismatched_heads=skip_mismatched_heads)
@@ -544,7 +536,7 @@ def convert_file(source: str, input_path: str, config, output: str,
       'skipped_heads': report.skipped_heads,
       'dropped_keys': sorted(report.ignored),
   }
-  weights.save_variables(output, variables, meta, overwrite=overwrite)
+  checkpoints.save_variables(output, variables, meta, overwrite=overwrite)
   for line in report.lines():
     log(line)
   log(f'wrote {os.path.abspath(output)}')

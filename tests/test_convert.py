@@ -1,9 +1,9 @@
-"""Weight conversion (iai_jax.convert) and converted checkpoints (iai_jax.weights).
+"""Weight conversion (iai_jax.convert) and converted checkpoints (iai_jax.checkpoints).
 
 Key coverage uses the authors' state-dict key list (tests/data/*.tsv) with
 random values; numerical parity builds each layer type, and a whole
 ResNet-50, in plain PyTorch (CPU) and compares with the Flax modules of the
-model fed with the converted weights.
+model fed with the converted checkpoints.
 """
 
 import ast
@@ -19,10 +19,11 @@ import flax.linen as nn
 import numpy as np
 import pytest
 
-from iai_jax import config_lib, convert, weights
-from iai_jax.models import association, layers as L, resnet
+from iai_jax import checkpoints, config_lib, convert
+from iai_jax.models import association, layers as L
+from iai_jax.models.backbones import resnet
 
-torch = pytest.importorskip('torch')
+import torch  # noqa: E402  (the test extra installs it)
 F = torch.nn.functional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +56,7 @@ def _is_counter(k):
 @pytest.fixture(scope='module')
 def r50():
   cfg = config_lib.make_config('ytvis19')
-  return cfg, weights.abstract_for(cfg)
+  return cfg, checkpoints.abstract_for(cfg)
 
 
 @pytest.fixture(scope='module')
@@ -66,11 +67,11 @@ def authors_sd():
 def _random_variables(abstract, seed):
   rng = np.random.default_rng(seed)
   flat = {p: rng.standard_normal(x.shape).astype(np.float32)
-          for p, x in weights.flatten(abstract).items()}
+          for p, x in checkpoints.flatten(abstract).items()}
   for p, x in flat.items():  # BatchNorm variances must be positive
     if p[-1] == 'var':
       flat[p] = np.abs(x) + 0.5
-  return weights.unflatten(flat)
+  return checkpoints.unflatten(flat)
 
 
 # ------------------------------------------------------------ key coverage
@@ -82,8 +83,8 @@ def test_authors_state_dict_converts_and_round_trips(r50, authors_sd):
   assert report.converted + len(report.ignored) == len(authors_sd) == 463
   assert all(_is_counter(k) for k in report.ignored)
   assert report.fresh == [] and report.skipped_heads == []
-  assert weights.check_variables(variables, abstract) == []
-  n_params = sum(x.size for x in weights.flatten(variables['params']).values())
+  assert checkpoints.check_variables(variables, abstract) == []
+  n_params = sum(x.size for x in checkpoints.flatten(variables['params']).values())
   assert n_params == 45_433_337
   # converting back reproduces the state dict exactly
   back = convert.export_state_dict(variables, cfg.model, 'iai')
@@ -131,7 +132,7 @@ def test_leftover_missing_and_mismatch_stop_the_conversion(r50, authors_sd):
 
 def test_skip_mismatched_heads_for_another_dataset(authors_sd):
   ovis = config_lib.make_config('ovis')  # 25 classes, 25 ID slots
-  abstract = weights.abstract_for(ovis)
+  abstract = checkpoints.abstract_for(ovis)
   with pytest.raises(convert.ConversionError) as e:
     convert.convert_state_dict(authors_sd, ovis.model, 'iai', abstract=abstract)
   assert '--skip_mismatched_heads' in str(e.value)
@@ -141,7 +142,7 @@ def test_skip_mismatched_heads_for_another_dataset(authors_sd):
   assert report.fresh == ['params/association/id_bank', 'params/head/conv_cls',
                           'params/head/conv_id']
   assert len(report.skipped_heads) == 3
-  assert weights.check_variables(variables, abstract, partial=True) == []
+  assert checkpoints.check_variables(variables, abstract, partial=True) == []
   assert 'conv_cls' not in variables['params']['head']
   assert 'controller' in variables['params']['head']
 
@@ -160,7 +161,7 @@ def test_condinst_subset(r50, authors_sd):
   assert report.fresh == ['params/association', 'params/head/conv_cls',
                           'params/head/conv_id', 'params/head/id_convs_0']
   assert report.converted + len(report.ignored) == len(coco)
-  assert weights.check_variables(variables, abstract, partial=True) == []
+  assert checkpoints.check_variables(variables, abstract, partial=True) == []
   # the association block's keys are not part of a CondInst checkpoint
   with pytest.raises(convert.ConversionError, match='encoder_projector.weight'):
     convert.convert_state_dict(
@@ -181,7 +182,7 @@ def test_torchvision_resnet_keys(r50, authors_sd):
   assert report.converted == 265 and report.fresh == [
       'batch_stats/mask_branch', 'params/association', 'params/fpn',
       'params/head', 'params/mask_branch']
-  assert weights.check_variables(variables['params']['backbone'],
+  assert checkpoints.check_variables(variables['params']['backbone'],
                                  abstract['params']['backbone']) == []
   del tv['layer3.5.bn2.running_mean']
   with pytest.raises(convert.ConversionError, match='layer3.5.bn2.running_mean'):
@@ -455,7 +456,7 @@ def _save_pth(path, state_dict, wrap=True):
 @pytest.fixture(scope='module')
 def tiny():
   cfg = config_lib.load_config_file(os.path.join(REPO, TINY))
-  return cfg, weights.abstract_for(cfg)
+  return cfg, checkpoints.abstract_for(cfg)
 
 
 def test_cli_writes_a_checkpoint_that_loads(tmp_path, tiny):
@@ -472,21 +473,21 @@ def test_cli_writes_a_checkpoint_that_loads(tmp_path, tiny):
   run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
   assert run.returncode == 0, run.stderr[-3000:]
   assert 'converted' in run.stdout and 'BatchNorm counter' in run.stdout
-  meta = weights.read_meta(str(out))
+  meta = checkpoints.read_meta(str(out))
   assert meta['source'] == 'iai' and meta['config'].endswith('ytvis19.py:tiny')
   assert meta['fresh'] == []
-  loaded = weights.load_variables(str(out), cfg)
-  for p, x in weights.flatten(variables).items():
-    np.testing.assert_array_equal(weights.flatten(loaded)[p], x)
+  loaded = checkpoints.load_variables(str(out), cfg)
+  for p, x in checkpoints.flatten(variables).items():
+    np.testing.assert_array_equal(checkpoints.flatten(loaded)[p], x)
   # a second run refuses to overwrite; a mismatching config names the problem
   with pytest.raises(FileExistsError, match='--overwrite'):
     convert.convert_file('iai', str(pth), cfg, str(out))
   other = config_lib.make_config('ytvis19', 'tiny')
   with other.unlocked():
     other.model.num_classes = 7
-  with pytest.raises(weights.CheckpointMismatchError,
+  with pytest.raises(checkpoints.CheckpointMismatchError,
                      match='does not fit the config.*conv_cls'):
-    weights.load_variables(str(out), other)
+    checkpoints.load_variables(str(out), other)
 
 
 def test_loading_never_runs_code_from_the_file(tmp_path, tiny):
@@ -519,17 +520,17 @@ def test_init_from_condinst_keeps_fresh_id_parts(tmp_path, tiny):
                        log=lines.append)
   assert any('params/association' in l and 'fresh' in l for l in lines)
   # a partial checkpoint is not a complete model ...
-  with pytest.raises(weights.CheckpointMismatchError,
+  with pytest.raises(checkpoints.CheckpointMismatchError,
                      match='does not fit the config.*missing: params/association.*init_from'):
-    weights.load_variables(out, cfg)
+    checkpoints.load_variables(out, cfg)
   # ... but initialises training: loaded parts from it, the rest fresh
   with cfg.unlocked():
     cfg.init_from = out
   logs = []
-  merged = weights.init_from(cfg, fresh, log=logs.append)
+  merged = checkpoints.init_from(cfg, fresh, log=logs.append)
   assert len(logs) == 1 and 'kept their fresh initialisation' in logs[0]
   assert 'params/association' in logs[0] and 'params/head/conv_id' in logs[0]
-  m, p, f = (weights.flatten(t) for t in (merged, pretrained, fresh))
+  m, p, f = (checkpoints.flatten(t) for t in (merged, pretrained, fresh))
   assert set(m) == set(f)
   for path in m:
     rest = '/'.join(path[1:])
@@ -538,7 +539,7 @@ def test_init_from_condinst_keeps_fresh_id_parts(tmp_path, tiny):
   # nothing to load: unchanged
   with cfg.unlocked():
     cfg.init_from = ''
-  assert weights.init_from(cfg, fresh, log=logs.append) == fresh
+  assert checkpoints.init_from(cfg, fresh, log=logs.append) == fresh
 
 
 def test_merge_init_rejects_unexpected_gaps(tiny):
@@ -546,10 +547,10 @@ def test_merge_init_rejects_unexpected_gaps(tiny):
   fresh = _random_variables(abstract, seed=4)
   loaded = _random_variables(abstract, seed=5)
   del loaded['params']['fpn']
-  with pytest.raises(weights.CheckpointMismatchError, match='missing: params/fpn'):
-    weights.merge_init(fresh, loaded)
-  merged, kept = weights.merge_init(fresh, loaded, allow_missing_prefixes=['fpn'])
+  with pytest.raises(checkpoints.CheckpointMismatchError, match='missing: params/fpn'):
+    checkpoints.merge_init(fresh, loaded)
+  merged, kept = checkpoints.merge_init(fresh, loaded, allow_missing_prefixes=['fpn'])
   assert kept == ['params/fpn']
   loaded['params']['head']['conv_cls']['bias'] = np.zeros(3, np.float32)
-  with pytest.raises(weights.CheckpointMismatchError, match='conv_cls/bias'):
-    weights.merge_init(fresh, loaded, allow_missing_prefixes=['fpn'])
+  with pytest.raises(checkpoints.CheckpointMismatchError, match='conv_cls/bias'):
+    checkpoints.merge_init(fresh, loaded, allow_missing_prefixes=['fpn'])

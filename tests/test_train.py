@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import train_check
-from iai_jax import train
+from iai_jax import train, train_state
 from iai_jax.data import pipeline
 from iai_jax.models import build_model, init_variables
 
@@ -84,8 +84,8 @@ def test_overfitting_one_clip_drops_the_loss():
   batch = train_check.clip_batch(cfg, 1)
   model = build_model(cfg.model)
   variables = init_variables(model, jax.random.key(0))
-  tx, _ = train.make_optimizer(cfg, variables['params'], 10)
-  state = train.create_train_state(model, variables, tx)
+  tx, _ = train_state.make_optimizer(cfg, variables['params'], 10)
+  state = train_state.create_train_state(variables, tx)
   step = jax.jit(functools.partial(train.train_step, model=model, config=cfg, tx=tx))
   first = None
   for _ in range(150):
@@ -139,7 +139,7 @@ def test_learning_rate_schedule():
     cfg.train.warmup_steps = 10
     cfg.train.lr = 1e-3
     cfg.train.decay_epochs = (8, 11)
-  sched = train.learning_rate_schedule(cfg, steps_per_epoch=10)
+  sched = train_state.learning_rate_schedule(cfg, steps_per_epoch=10)
   np.testing.assert_allclose(sched(0), 1e-6, rtol=1e-5)
   np.testing.assert_allclose(sched(5), 1e-6 + 0.5 * (1e-3 - 1e-6), rtol=1e-5)
   np.testing.assert_allclose(sched(10), 1e-3, rtol=1e-5)
@@ -157,8 +157,8 @@ def test_frozen_parameters_do_not_move_and_backbone_lr_is_scaled():
   batch = train_check.clip_batch(cfg, 1)
   model = build_model(cfg.model)
   variables = init_variables(model, jax.random.key(0))
-  tx, _ = train.make_optimizer(cfg, variables['params'], 10)
-  state = train.create_train_state(model, variables, tx)
+  tx, _ = train_state.make_optimizer(cfg, variables['params'], 10)
+  state = train_state.create_train_state(variables, tx)
   new, _ = jax.jit(functools.partial(train.train_step, model=model, config=cfg,
                                      tx=tx))(state, batch, jax.random.key(1))
   old_b, new_b = variables['params']['backbone'], new.params['backbone']
@@ -168,7 +168,7 @@ def test_frozen_parameters_do_not_move_and_backbone_lr_is_scaled():
   np.testing.assert_array_equal(new_b['layer3_0']['bn1']['scale'],
                                 old_b['layer3_0']['bn1']['scale'])
   # Adam's first step moves every trained weight by ~lr: x0.1 in the backbone
-  lr = float(train.learning_rate_schedule(cfg, 10)(0))
+  lr = float(train_state.learning_rate_schedule(cfg, 10)(0))
   d_back = np.abs(np.asarray(new_b['layer3_0']['conv1']['kernel'])
                   - np.asarray(old_b['layer3_0']['conv1']['kernel'])).max()
   d_head = np.abs(np.asarray(new.params['head']['conv_cls']['kernel'])

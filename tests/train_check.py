@@ -67,7 +67,7 @@ def main():
                                num_processes=a.num_processes,
                                process_id=a.process_id)
   import numpy as np
-  from iai_jax import train
+  from iai_jax import train, train_state
   from iai_jax.models import build_model, init_variables
 
   cfg = tiny_config(a.batch)
@@ -76,8 +76,8 @@ def main():
       axis_types=(jax.sharding.AxisType.Auto,))
   model = build_model(cfg.model)
   variables = init_variables(model, jax.random.key(0))
-  tx, _ = train.make_optimizer(cfg, variables['params'], 100)
-  state = train.create_train_state(model, variables, tx)
+  tx, _ = train_state.make_optimizer(cfg, variables['params'], 100)
+  state = train_state.create_train_state(variables, tx)
   state_sh, batch_sh, repl = train.shardings(mesh, state)
   state = jax.device_put(state, state_sh)
   step = jax.jit(functools.partial(train.train_step, model=model, config=cfg, tx=tx),
