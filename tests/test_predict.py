@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iai_jax import config_lib, predict, weights
+from iai_jax import checkpoints, config_lib, eval_split, predict
 from iai_jax.data import synthetic, tfds_builder
 from iai_jax.models import build_model, init_variables
 
@@ -69,18 +69,18 @@ def test_predict_bad_inputs_say_what_is_wrong(tiny, tmp_path):
   bad.write_bytes(b'this is not a video')
   with pytest.raises(predict.PredictError, match='cannot read video'):
     predict.read_frames(str(bad))
-  with pytest.raises(predict.PredictError, match='does not exist'):
-    predict.restore_variables(cfg, str(tmp_path / 'no_ckpt'))
+  with pytest.raises(checkpoints.CheckpointError, match='does not exist'):
+    checkpoints.restore_variables(cfg, str(tmp_path / 'no_ckpt'))
 
 
 def test_checkpoint_that_does_not_fit_the_config(tiny, tmp_path):
   cfg, variables = tiny
-  weights.save_variables(str(tmp_path / 'w'), variables, {'source': 'test'})
+  checkpoints.save_variables(str(tmp_path / 'w'), variables, {'source': 'test'})
   other = config_lib.make_config('synthetic', 'tiny')
   with other.unlocked():
     other.model.num_classes = 7
   with pytest.raises(Exception, match='does not fit'):
-    predict.restore_variables(other, str(tmp_path / 'w'))
+    checkpoints.restore_variables(other, str(tmp_path / 'w'))
 
 
 def test_evaluate_split_writes_results_zip_and_scores(tiny, tmp_path):
@@ -93,8 +93,8 @@ def test_evaluate_split_writes_results_zip_and_scores(tiny, tmp_path):
   synthetic.generate(str(tmp_path), 3, 4, 96, 160, 2, 0.3, seed=0)
   tfds_builder.build(cfg, log=lambda *_: None)
   logs = []
-  stats = predict.evaluate_split(cfg, variables, str(tmp_path / 'w'),
-                                 log=logs.append, overlay=True)
+  stats = eval_split.evaluate_split(cfg, variables, str(tmp_path / 'w'),
+                                    log=logs.append, overlay=True)
   assert set(stats) >= {'AP', 'AP50', 'AR1', 'AR10'}
   assert all(-1 <= v <= 1 for v in stats.values())
   out = tmp_path / 'w' / 'eval_heldout'

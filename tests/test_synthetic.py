@@ -9,7 +9,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from iai_jax import config_lib
-from iai_jax.data import pipeline, synthetic, tfds_builder, vis_json
+from iai_jax.data import paths, pipeline, synthetic, tfds_builder, vis_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,7 +144,7 @@ def test_mask_formats_store_the_same_kind_of_masks(tmp_path, fmt, kind):
     synthetic.generate(str(tmp_path), 1, 2, 32, 48, 1, 0.5, 0, 'png')
 
 
-def test_ensure_synthetic_generates_once_and_the_occluded_variant(tmp_path):
+def test_synthetic_is_generated_once_and_the_occluded_variant(tmp_path):
   config = config_lib.load_config_file(
       os.path.join(REPO, 'configs', 'synthetic.py'))
   occluded = config_lib.load_config_file(
@@ -157,12 +157,12 @@ def test_ensure_synthetic_generates_once_and_the_occluded_variant(tmp_path):
     config.dataset.synthetic.num_videos = 2
     config.dataset.synthetic.num_frames = 3
   logs = []
-  ann = synthetic.ensure_synthetic(config, log=logs.append)
+  ann = paths.ensure_annotations(config, log=logs.append)
   assert ann == str(tmp_path / 'train' / 'annotations.json')
   assert len(logs) == 1 and 'generating the synthetic dataset' in logs[0]
   assert os.path.isdir(tmp_path / 'train' / 'JPEGImages' / '00001')
   assert len(_json(ann)['videos']) == 2
-  assert synthetic.ensure_synthetic(config, log=logs.append) == ann
+  assert paths.ensure_annotations(config, log=logs.append) == ann
   assert len(logs) == 1  # present: not generated again
 
 

@@ -219,13 +219,12 @@ def check_dataset(ann_path: str, frames_root: str,
   return Report(problems, stats)
 
 
-def check_config(config, split: str = 'train', log=print) -> Report:
+def check_configured_dataset(config, split: str = 'train', log=print) -> Report:
   """Checks the dataset a config points at (``split``: train or valid)."""
-  from iai_jax.data import tfds_builder
+  from iai_jax.data import paths
   if split == 'train' and config.dataset.synthetic.num_videos > 0:
-    from iai_jax.data import synthetic
-    synthetic.ensure_synthetic(config, log=log)
-  ann, frames = tfds_builder.dataset_paths(config, split)
+    paths.ensure_annotations(config, log=log)
+  ann, frames = paths.dataset_paths(config, split)
   log(f'checking {os.path.abspath(ann)} with frames under '
       f'{os.path.abspath(frames)}')
   return check_dataset(ann, frames, config.model.max_obj_num - 2)
@@ -233,23 +232,22 @@ def check_config(config, split: str = 'train', log=print) -> Report:
 
 def main(argv):
   from absl import app
+
+  from iai_jax import cli
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError('--config is required, e.g. '
-                         '--config=configs/ytvis19.py')
-  report = check_config(config, _SPLIT.value)
+  config = cli.config(_CONFIG)
+  report = check_configured_dataset(config, _SPLIT.value)
   print(report.format())
   sys.exit(0 if report.ok else 1)
 
 
 if __name__ == '__main__':
   # The flags live here so that importing the module defines none.
-  from absl import app, flags
-  from ml_collections import config_flags
-  _CONFIG = config_flags.DEFINE_config_file(
-      'config', None, 'A configs/*.py file, optionally with ":variants".')
+  from absl import flags
+
+  from iai_jax import cli
+  _CONFIG = cli.define_config_flag()
   _SPLIT = flags.DEFINE_enum('split', 'train', ['train', 'valid'],
                              'Which annotation file to check.')
-  app.run(main)
+  cli.run(main)

@@ -280,23 +280,6 @@ def generate(out_dir: str, num_videos: int, num_frames: int, height: int,
   return path
 
 
-def ensure_synthetic(config, log=print) -> str:
-  """Generates the configured synthetic dataset if its annotations are missing."""
-  from iai_jax.data import tfds_builder
-  ann, frames = tfds_builder.dataset_paths(config, 'train')
-  if os.path.exists(ann):
-    return ann
-  s = config.dataset.synthetic
-  root = os.path.dirname(ann)
-  log(f'generating the synthetic dataset ({s.num_videos} videos of '
-      f'{s.num_frames} frames, {s.height}x{s.width}, occlusion {s.occlusion}) '
-      f'in {os.path.abspath(root)}')
-  return generate(root, s.num_videos, s.num_frames, s.height, s.width,
-                  s.max_instances, s.occlusion, s.seed,
-                  ann_name=os.path.relpath(ann, root),
-                  frames_dir=os.path.relpath(frames, root))
-
-
 def main(argv=None):
   import argparse
   p = argparse.ArgumentParser(description='Write a synthetic VIS dataset.')

@@ -1,7 +1,8 @@
 """TFDS records of a VIS dataset: array_record files, no TensorFlow needed.
 
-``build(config)`` reads the configured YouTube-VIS / OVIS-format dataset with
-:func:`iai_jax.data.vis_json.load_vis_json` and writes one record per video:
+``build(config)`` reads the configured dataset with its reader
+(:func:`iai_jax.data.paths.reader`: YouTube-VIS / OVIS JSON by default) and
+writes one record per video:
 
   video_id () int64, height () int32, width () int32,
   file_names (F,) bytes, frames (F,) bytes: the original JPEG files,
@@ -24,32 +25,13 @@ import os
 
 import numpy as np
 
+from iai_jax.data import paths
+
 VERSION = '1.0.0'
 
 
 class RecordsMissingError(FileNotFoundError):
   pass
-
-
-def records_dir(config) -> str:
-  return config.dataset.tfds_dir or os.path.join(config.dataset.root, 'tfds')
-
-
-def builder_config_name(config) -> str:
-  d = config.dataset
-  return f'{d.name}-heldout{d.heldout_fraction:g}-seed{d.heldout_seed}'
-
-
-def _path(root: str, p: str) -> str:
-  return p if os.path.isabs(p) else os.path.join(root, p)
-
-
-def dataset_paths(config, split: str) -> tuple[str, str]:
-  """(annotation JSON, frames root) of 'train' or 'valid'."""
-  d = config.dataset
-  if split == 'valid':
-    return _path(d.root, d.val_json), _path(d.root, d.val_frames)
-  return _path(d.root, d.train_json), _path(d.root, d.train_frames)
 
 
 def video_example(video, frames_root: str) -> dict:
@@ -122,8 +104,9 @@ def build(config, *, overwrite: bool = False, log=print) -> str:
 
   from iai_jax.data import vis_json
 
-  ann, frames = dataset_paths(config, 'train')
-  train = vis_json.load_vis_json(ann, frames)
+  read = paths.reader(config).load_dataset
+  ann, frames = paths.dataset_paths(config, 'train')
+  train = read(ann, frames)
   d = config.dataset
   train_ids, heldout_ids = vis_json.heldout_split(train, d.heldout_fraction,
                                                   d.heldout_seed)
@@ -131,15 +114,15 @@ def build(config, *, overwrite: bool = False, log=print) -> str:
   splits = {'train': ([by_id[i] for i in train_ids], train.frames_root)}
   if heldout_ids:
     splits['heldout'] = ([by_id[i] for i in heldout_ids], train.frames_root)
-  val_ann, val_frames = dataset_paths(config, 'valid')
+  val_ann, val_frames = paths.dataset_paths(config, 'valid')
   if os.path.exists(val_ann):
-    val = vis_json.load_vis_json(val_ann, val_frames)
+    val = read(val_ann, val_frames)
     splits['valid'] = (val.videos, val.frames_root)
   log(f'building TFDS records of {d.name}: '
       + ', '.join(f'{k} {len(v[0])} videos' for k, v in splits.items()))
   builder = _builder_class()(
-      splits=splits, data_dir=records_dir(config),
-      config=tfds.core.BuilderConfig(name=builder_config_name(config)),
+      splits=splits, data_dir=paths.records_dir(config),
+      config=tfds.core.BuilderConfig(name=paths.builder_config_name(config)),
       file_format='array_record')
   if overwrite and os.path.isdir(builder.data_dir):
     import shutil
@@ -150,8 +133,7 @@ def build(config, *, overwrite: bool = False, log=print) -> str:
 
 
 def split_dir(config) -> str:
-  return os.path.join(records_dir(config), 'vis_records',
-                      builder_config_name(config), VERSION)
+  return paths.split_dir(config, VERSION)
 
 
 def open_split(config, split: str):
@@ -172,34 +154,18 @@ def open_split(config, split: str):
   return builder.as_data_source(split=split)
 
 
-class DatasetMissingError(FileNotFoundError):
-  """The configured dataset is not where the config says."""
-
-
 def ensure_records(config, log=print) -> str:
   """The TFDS records of the configured dataset, built first if missing.
 
   The synthetic dataset is generated when it is missing; a real dataset's
-  annotation JSON must exist, else :class:`DatasetMissingError` says where
-  it was looked for and how to get it or point the config at it.
+  annotations must exist, else :class:`iai_jax.data.paths.DatasetMissingError`
+  says where they were looked for and how to get them or point the config
+  at them.
   """
   path = split_dir(config)
   if os.path.exists(os.path.join(path, 'dataset_info.json')):
     return path
-  if config.dataset.synthetic.num_videos > 0:
-    from iai_jax.data import synthetic
-    synthetic.ensure_synthetic(config)
-  ann, frames = dataset_paths(config, 'train')
-  if not os.path.exists(ann) or not os.path.isdir(frames):
-    missing = ann if not os.path.exists(ann) else frames
-    raise DatasetMissingError(
-        f'dataset {config.dataset.name!r} not found: {os.path.abspath(missing)} '
-        'does not exist. Download it (see data/README.md for where to get '
-        'YouTube-VIS / OVIS and the folder layout), or point the config at '
-        'it: --config.dataset.root=/path/to/dataset (and, if the file names '
-        'differ, --config.dataset.train_json=... '
-        '--config.dataset.train_frames=...). To try IAI without a download, '
-        'use --config=configs/synthetic.py.')
+  paths.ensure_annotations(config, log=log)
   log(f'no TFDS records in {path}: building them (once)')
   build(config, log=log)
   return path

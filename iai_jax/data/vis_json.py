@@ -260,6 +260,15 @@ def load_vis_json(ann_path: str, frames_root: str, *,
                     path=ann_path)
 
 
+# The reader interface of iai_jax.data.paths (``dataset.format='vis_json'``).
+load_dataset = load_vis_json
+
+
+def load_categories(ann_path: str) -> list[tuple[int, str]]:
+  """(category id, name) in label order (ascending id)."""
+  return list(parse(read_json(ann_path), ann_path)[2])
+
+
 def heldout_split(dataset: VisDataset, fraction: float,
                   seed: int) -> tuple[list[int], list[int]]:
   """(training video ids, held-out video ids), both sorted; see module doc."""
