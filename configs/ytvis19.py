@@ -1,12 +1,21 @@
-"""YouTube-VIS 2019: IAI + CondInst.
+"""YouTube-VIS 2019: IAI + CondInst, the recipe of configs/default.py.
 
-Variants (comma-separated after a colon): tiny, r18, r34, r50 (default), r101,
-ms (multi-scale training), bf16.  Example:
+Variants (comma-separated after a colon): tiny (a narrow ResNet-18 at
+96x160, for CPU runs), r18, r34, r50 (default), r101, ms (multi-scale
+training), bf16. Example:
   python -m iai_jax.main --config=configs/ytvis19.py:r101,ms
 """
 
+import os
+
 from iai_jax import config_lib
+
+default = config_lib.load_module(os.path.join(os.path.dirname(__file__),
+                                              'default.py'))
 
 
 def get_config(arg=None):
-  return config_lib.make_config('ytvis19', arg)
+  c = default.get_config()
+  c.dataset.name = 'ytvis19'
+  c.dataset.root = 'data/ytvis19'
+  return config_lib.finalize(c, arg, default.VARIANTS)

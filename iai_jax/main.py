@@ -18,13 +18,12 @@ import sys
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
+
+from iai_jax import cli
 
 MODES = ('summary', 'train', 'eval', 'train_and_eval', 'predict')
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'A configs/*.py file, optionally with ":variants".',
-    lock_config=True)
+_CONFIG = cli.define_config_flag()
 _MODE = flags.DEFINE_enum('mode', 'train_and_eval', MODES, 'What to run.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Checkpoints, logs and results go here '
@@ -53,13 +52,8 @@ _FPS = flags.DEFINE_float('fps', None, 'predict: frame rate of a frame folder '
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO
-    from absl import logging
-    logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError('--config is required, e.g. '
-                         '--config=configs/ytvis19.py (or configs/ytvis19.py:tiny)')
+  cli.quiet_logs()
+  config = cli.config(_CONFIG)
   mode = _MODE.value
   if mode == 'summary':
     from iai_jax import summary
@@ -73,15 +67,15 @@ def main(argv):
       print(summary.format_table(result, config))
     return
   import os
-  from iai_jax import predict
-  from iai_jax.data import tfds_builder, vis_json
+  from iai_jax import checkpoints, eval_split, predict
+  from iai_jax.data import paths, tfds_builder, vis_json
   workdir = _WORKDIR.value or os.path.join('runs', config.dataset.name)
   try:
     if mode == 'predict':
       if not (_CHECKPOINT.value and _INPUT.value and _OUTPUT.value):
         raise app.UsageError('--mode=predict needs --checkpoint, --input and '
                              '--output')
-      variables = predict.restore_variables(config, _CHECKPOINT.value)
+      variables = checkpoints.restore_variables(config, _CHECKPOINT.value)
       predict.predict_video(config, variables, _INPUT.value, _OUTPUT.value,
                             gif=_GIF.value, png=_PNG.value, fps=_FPS.value)
       return
@@ -93,40 +87,20 @@ def main(argv):
       if mode == 'train':
         return
       import jax
-      variables = jax.device_get({'params': state.params,
-                                  'batch_stats': state.batch_stats})
+      variables = jax.device_get(state.variables())
     else:
-      variables = predict.restore_variables(config, _CHECKPOINT.value or workdir)
-    predict.evaluate_split(config, variables, workdir, _SPLIT.value,
+      variables = checkpoints.restore_variables(config,
+                                                _CHECKPOINT.value or workdir)
+    eval_split.evaluate_split(config, variables, workdir, _SPLIT.value,
                            overlay=_GIF.value or mode == 'train_and_eval')
-  except (tfds_builder.DatasetMissingError, tfds_builder.RecordsMissingError,
-          predict.PredictError, vis_json.VisDataError) as e:
-    sys.exit(f'error: {e}')
-
-
-def _check_argv(argv) -> None:
-  """Fail early, with a readable message, on a bad --config or override."""
-  from iai_jax import config_lib
-  spec = None
-  overrides = []
-  for arg in argv[1:]:
-    if arg.startswith('--config='):
-      spec = arg[len('--config='):]
-    elif arg.startswith('--config.'):
-      overrides.append(arg[len('--config.'):].split('=', 1)[0])
-  if spec is None:
-    return
-  try:
-    config = config_lib.load_config_file(spec)
-    for key in overrides:
-      config_lib.check_override_key(config, key)
-  except ValueError as e:
+  except (paths.DatasetMissingError, tfds_builder.RecordsMissingError,
+          predict.PredictError, checkpoints.CheckpointError,
+          vis_json.VisDataError) as e:
     sys.exit(f'error: {e}')
 
 
 def run():
-  _check_argv(sys.argv)
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == '__main__':

@@ -44,12 +44,13 @@ for a quick smoke run on a small dataset:
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import os
 import sys
 import time
+
+from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -89,18 +90,6 @@ def parse_value(text: str):
     return text
 
 
-def set_key(config, dotted: str, value) -> None:
-  from iai_jax import config_lib
-  config_lib.check_override_key(config, dotted)
-  *parents, leaf = dotted.split('.')
-  node = config
-  for p in parents:
-    node = node[p]
-  if isinstance(node[leaf], tuple) and isinstance(value, list):
-    value = tuple(value)
-  node[leaf] = value
-
-
 def split_config(split: str, args):
   """The split's config with --set, --data_root and --steps applied."""
   from iai_jax import config_lib
@@ -115,8 +104,11 @@ def split_config(split: str, args):
       key, sep, value = item.partition('=')
       if not sep:
         raise SystemExit(f'error: --set expects KEY=VALUE, got {item!r}')
+      value = parse_value(value.strip())
+      if isinstance(value, list):
+        value = tuple(value)
       try:
-        set_key(config, key.strip(), parse_value(value.strip()))
+        config_lib.set_value(config, key.strip(), value)
       except (ValueError, TypeError, KeyError) as e:
         raise SystemExit(f'error: --set {item}: {e}') from e
     if args.data_root:
@@ -148,12 +140,10 @@ def variant_config(config, variant: str):
 
 
 def latest_step(workdir: str) -> int | None:
-  ckpt = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(ckpt):
+  from iai_jax import checkpoints
+  if not os.path.isdir(os.path.join(workdir, checkpoints.CHECKPOINTS_DIR)):
     return None
-  import orbax.checkpoint as ocp
-  manager = ocp.CheckpointManager(os.path.abspath(ckpt),
-                                  item_names=('state', 'data', 'config'))
+  manager = checkpoints.manager(workdir)
   step = manager.latest_step()
   manager.close()
   return step
@@ -163,7 +153,7 @@ def trained_variables(config, workdir: str, cache: dict):
   """Trains (or resumes, or skips when finished) one run; its variables."""
   import jax
 
-  from iai_jax import predict, train
+  from iai_jax import checkpoints, train
   if workdir in cache:
     return cache[workdir]
   steps = config.train.steps
@@ -174,15 +164,14 @@ def trained_variables(config, workdir: str, cache: dict):
                      '--workdir for another budget')
   if step == steps:
     log(f'{workdir}: finished ({steps} steps), not trained again')
-    variables = predict.restore_variables(config, workdir, log=log)
+    variables = checkpoints.restore_variables(config, workdir, log=log)
   else:
     where = f'resuming at step {step}' if step else 'from scratch'
     log(f'{workdir}: training {steps} steps ({where})')
     t0 = time.time()
     state, _ = train.train(config, workdir)
     log(f'{workdir}: trained in {(time.time() - t0) / 60:.1f} min')
-    variables = jax.device_get({'params': state.params,
-                                'batch_stats': state.batch_stats})
+    variables = jax.device_get(state.variables())
   cache[workdir] = variables
   return variables
 
@@ -194,7 +183,7 @@ def run_variant(split: str, variant: str, base_config, args, cache: dict,
   With ``train_config`` (``--train_on``) the variant is trained on that
   split's videos and only evaluated on ``split``'s held-out videos.
   """
-  from iai_jax import predict
+  from iai_jax import eval_split
   config = variant_config(base_config, variant)
   train_split = args.train_on or split
   run_dir = os.path.join(args.workdir, train_split, VARIANTS[variant][3])
@@ -214,8 +203,8 @@ def run_variant(split: str, variant: str, base_config, args, cache: dict,
       run_dir, cache)
   log(f'{split}/{variant}: evaluating on the held-out videos '
       f'(tracker {config.infer.tracker})')
-  metrics = predict.evaluate_split(config, variables, eval_dir, 'heldout',
-                                   log=log) or {}
+  metrics = eval_split.evaluate_split(config, variables, eval_dir, 'heldout',
+                                      log=log) or {}
   os.makedirs(eval_dir, exist_ok=True)
   with open(result_path, 'w') as f:
     json.dump({'split': split, 'variant': variant, 'steps': steps,
@@ -245,46 +234,43 @@ def markdown(results: dict, splits, variants, steps: dict,
           + '\n'.join(lines) + '\n')
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-      description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog='variants: ' + ', '.join(f'{k} ({TITLES[k]})' for k in VARIANTS))
-  parser.add_argument('--workdir', default='runs/ablate',
-                      help='runs go to WORKDIR/<split>/<variant> '
-                      '(default: %(default)s)')
-  parser.add_argument('--steps', type=int, default=0,
-                      help='training steps of every variant (default: the '
-                      "config's train.steps, 2000)")
-  parser.add_argument('--variants', default=','.join(VARIANTS),
-                      help='comma-separated (default: %(default)s)')
-  parser.add_argument('--splits', default=','.join(SPLITS),
-                      help='comma-separated (default: %(default)s)')
-  parser.add_argument('--out', default=None,
-                      help='markdown file (default: WORKDIR/ablation.md)')
-  parser.add_argument('--set', action='append', default=[],
-                      metavar='KEY=VALUE', help='config override for every '
-                      'run, e.g. --set dataset.synthetic.num_videos=20')
-  parser.add_argument('--data_root', default=None,
-                      help='put each split\'s dataset under '
-                      'DATA_ROOT/<dataset name> (default: the config\'s)')
-  parser.add_argument('--train_on', default='',
-                      help='train every variant once, on this split, and '
-                      'evaluate it on all --splits (default: each split '
-                      'trains its own)')
-  parser.add_argument('--reeval', action='store_true',
-                      help='evaluate finished variants again')
-  args = parser.parse_args(argv)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', 'runs/ablate', 'Runs go to WORKDIR/<split>/<variant>.')
+_STEPS = flags.DEFINE_integer(
+    'steps', 0, "Training steps of every variant (default: the config's "
+    'train.steps, 2000).', lower_bound=0)
+_VARIANTS = flags.DEFINE_list('variants', list(VARIANTS),
+                              'Variants: ' + ', '.join(
+                                  f'{k} ({TITLES[k]})' for k in VARIANTS))
+_SPLITS = flags.DEFINE_list('splits', list(SPLITS), 'Splits to evaluate on.')
+_OUT = flags.DEFINE_string('out', None,
+                           'Markdown file (default: WORKDIR/ablation.md).')
+_SET = flags.DEFINE_multi_string(
+    'set', [], 'KEY=VALUE config override for every run, e.g. --set '
+    'dataset.synthetic.num_videos=20 (repeatable).')
+_DATA_ROOT = flags.DEFINE_string(
+    'data_root', None, "Put each split's dataset under "
+    "DATA_ROOT/<dataset name> (default: the config's).")
+_TRAIN_ON = flags.DEFINE_string(
+    'train_on', '', 'Train every variant once, on this split, and evaluate '
+    'it on all --splits (default: each split trains its own).')
+_REEVAL = flags.DEFINE_bool('reeval', False,
+                            'Evaluate finished variants again.')
 
-  variants = [v.strip() for v in args.variants.split(',') if v.strip()]
-  splits = [s.strip() for s in args.splits.split(',') if s.strip()]
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  args = flags.FLAGS
+  variants, splits = list(_VARIANTS.value), list(_SPLITS.value)
   bad = [v for v in variants if v not in VARIANTS]
   bad += [s for s in splits if s not in SPLITS]
   if bad or not variants or not splits:
-    parser.error(f'unknown or missing variants/splits {bad}; variants: '
-                 f'{", ".join(VARIANTS)}; splits: {", ".join(SPLITS)}')
-  if args.steps < 0:
-    parser.error('--steps must be positive')
+    raise app.UsageError(
+        f'unknown or missing variants/splits {bad}; variants: '
+        f'{", ".join(VARIANTS)}; splits: {", ".join(SPLITS)}')
+  if args.train_on and args.train_on not in SPLITS:
+    raise app.UsageError(f'--train_on must be one of {", ".join(SPLITS)}')
   args.workdir = os.path.abspath(args.workdir)
   out = args.out or os.path.join(args.workdir, 'ablation.md')
 
@@ -298,8 +284,6 @@ def main(argv=None) -> int:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   from iai_jax.data import tfds_builder
 
-  if args.train_on and args.train_on not in SPLITS:
-    parser.error(f'--train_on must be one of {", ".join(SPLITS)}')
   configs = {s: split_config(s, args)
              for s in set(splits) | ({args.train_on} - {''})}
   train_config = configs[args.train_on] if args.train_on else None
@@ -336,4 +320,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  app.run(main)

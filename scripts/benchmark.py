@@ -17,13 +17,14 @@ Prints a table and, with --json, writes the figures as JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import sys
 import tempfile
 import time
+
+from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -87,18 +88,24 @@ def bench_frame(args) -> dict:
   h, w = config_lib.padded_size(*config.input.size, config.input.size_divisor)
   model = build_model(config.model)
   variables = init_variables(model, jax.random.key(0))
-  frame = jax.jit(summary.frame_function(model), donate_argnums=(2,))
+  frame = jax.jit(summary.frame_function(model, config.model),
+                  donate_argnums=(2,))
   memory = empty_memory(config.model, 1, (h, w))
+  _, _, pending = summary.frame_inputs(config, model, variables)
+  pending = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                   pending)
+  pending['valid'] = jnp.asarray(True)  # every frame writes its predecessor
   image = jax.random.normal(jax.random.key(1), (1, h, w, 3))
   t = time.time()
-  compiled = frame.lower(variables, image, memory).compile()
+  compiled = frame.lower(variables, image, memory, pending).compile()
   compile_s = time.time() - t
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   times = []
   for i in range(args.frames):
     t = time.time()
-    out, memory = frame(variables, image, memory)
+    memory, out, cache = frame(variables, image, memory, pending)
+    pending['cache'] = cache
     jax.block_until_ready(memory)
     times.append(time.time() - t)
   ms = np.asarray(times) * 1e3
@@ -117,7 +124,7 @@ def bench_train(args) -> dict:
   import functools
   import jax
   import numpy as np
-  from iai_jax import config_lib, train
+  from iai_jax import config_lib, train, train_state
   from iai_jax.models import build_model, init_variables
 
   config = config_lib.make_config('ytvis19', args.variant)
@@ -148,8 +155,8 @@ def bench_train(args) -> dict:
            'new_instance': np.array([[True] + [False] * (t_len - 1)])}
   model = build_model(config.model)
   variables = init_variables(model, jax.random.key(0))
-  tx, _ = train.make_optimizer(config, variables['params'], 1000)
-  state = train.create_train_state(model, variables, tx)
+  tx, _ = train_state.make_optimizer(config, variables['params'], 1000)
+  state = train_state.create_train_state(variables, tx)
   step = jax.jit(functools.partial(train.train_step, model=model, config=config,
                                    tx=tx), donate_argnums=(0,))
   t = time.time()
@@ -302,25 +309,33 @@ def plot_series(path: str, ms, rss_series, title: str):
   img.save(path)
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('what', choices=['data', 'frame', 'train', 'infer', 'memory',
-                                  'all'])
-  p.add_argument('--video_size', type=int, nargs=2, default=(360, 640))
-  p.add_argument('--infer_frames', type=int, default=100)
-  p.add_argument('--memory_frames', type=int, default=1000)
-  p.add_argument('--steps', type=int, default=6)
-  p.add_argument('--train_size', type=int, nargs=2, default=(192, 320))
-  p.add_argument('--bf16', action='store_true')
-  p.add_argument('--json', default='')
-  p.add_argument('--videos', type=int, default=12)
-  p.add_argument('--batch', type=int, default=4)
-  p.add_argument('--batches', type=int, default=10)
-  p.add_argument('--frames', type=int, default=30)
-  p.add_argument('--variant', default='')
-  p.add_argument('--plot', default='',
-                 help='memory: PNG of ms/frame and RSS against the frame index')
-  args = p.parse_args()
+WHAT = ('data', 'frame', 'train', 'infer', 'memory', 'all')
+flags.DEFINE_list('video_size', ['360', '640'], 'infer/memory: H,W of the video.')
+flags.DEFINE_integer('infer_frames', 100, 'infer: frames of the video.')
+flags.DEFINE_integer('memory_frames', 1000, 'memory: frames of the video.')
+flags.DEFINE_integer('steps', 6, 'train: timed steps.')
+flags.DEFINE_list('train_size', ['192', '320'], 'train: H,W of the clip.')
+flags.DEFINE_bool('bf16', False, 'train: bfloat16 compute.')
+flags.DEFINE_string('json', '', 'Also write the figures to this JSON file.')
+flags.DEFINE_integer('videos', 12, 'data: videos of the temporary dataset.')
+flags.DEFINE_integer('batch', 4, 'data: clips a batch.')
+flags.DEFINE_integer('batches', 10, 'data: timed batches.')
+flags.DEFINE_integer('frames', 30, 'frame: timed frames.')
+flags.DEFINE_string('variant', '', 'Config variants of ytvis19 (e.g. bf16).')
+flags.DEFINE_string('plot', '', 'memory: PNG of ms/frame and RSS against '
+                    'the frame index.')
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in WHAT:
+    raise app.UsageError(f'usage: benchmark.py {{{"|".join(WHAT)}}} [--flags]')
+  import types
+  names = ('infer_frames', 'memory_frames', 'steps', 'bf16', 'json', 'videos',
+           'batch', 'batches', 'frames', 'variant', 'plot')
+  args = types.SimpleNamespace(
+      what=argv[1], **{k: flags.FLAGS[k].value for k in names},
+      video_size=tuple(int(x) for x in flags.FLAGS.video_size),
+      train_size=tuple(int(x) for x in flags.FLAGS.train_size))
   result = {'machine': machine(), 'date': time.strftime('%Y-%m-%d')}
   if args.what in ('data', 'all'):
     result['data'] = bench_data(args)
@@ -346,4 +361,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

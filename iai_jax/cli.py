@@ -1,0 +1,76 @@
+"""What every command-line entry point shares: absl flags and the config.
+
+Every ``python -m iai_jax.*`` command and every script parses absl flags
+(``--name=value``; ``--helpfull`` lists them). Those that take a config
+define it with :func:`define_config_flag` (``--config=FILE[:variants]``
+plus ``--config.some.key=value`` overrides) and start with :func:`run`,
+which fails in a second, with one line naming the problem, on a config file
+that does not exist, an unknown variant or key, or a value that cannot work
+(:func:`iai_jax.config_lib.check_config` after the file's own edits and
+after every override) - before any dataset or model work.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+
+def define_config_flag(required: bool = True):
+  """The ``--config`` flag (a configs/*.py file, optionally ``:variants``)."""
+  holder = config_flags.DEFINE_config_file(
+      'config', None, 'A configs/*.py file, optionally with ":variants" '
+      '(e.g. configs/ytvis19.py:r101,ms); override keys with '
+      '--config.some.key=value.', lock_config=True)
+  if required:
+    flags.mark_flag_as_required('config')
+  return holder
+
+
+def _precheck(argv) -> None:
+  """Load --config and look up every --config.* key before absl parses."""
+  from iai_jax import config_lib
+  spec, overrides = None, []
+  for arg in argv[1:]:
+    if arg.startswith('--config='):
+      spec = arg[len('--config='):]
+    elif arg.startswith('--config.'):
+      overrides.append(arg[len('--config.'):].split('=', 1)[0])
+  if spec is None:
+    return
+  try:
+    config = config_lib.load_config_file(spec)
+    for key in overrides:
+      config_lib.check_override_key(config, key)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+
+
+def config(holder):
+  """The flag's config after its overrides, checked (exits on a bad one)."""
+  from iai_jax import config_lib
+  try:
+    value = holder.value
+  except (ValueError, TypeError) as e:  # an override of the wrong type
+    sys.exit(f'error: --config: {e}')
+  try:
+    config_lib.check_config(value)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  return value
+
+
+def quiet_logs() -> None:
+  """orbax and absl log every checkpoint at INFO; keep WARNING unless
+  --verbosity was given."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+
+
+def run(main: Callable, argv=None) -> None:
+  """``app.run(main)`` after the config pre-check."""
+  _precheck(sys.argv if argv is None else argv)
+  app.run(main, argv=argv)
