@@ -24,9 +24,14 @@ cases (see ``shared/reference/vis-format-and-metric.md``):
 Unlike the official code an empty results list is valid: AP/AR are 0 where
 ground truth exists and -1 elsewhere.
 
+Association metrics (HOTA, IDF1, CLEAR: ID switches, fragmentations) as the
+``trackeval`` package computes them are in :mod:`iai_jax.track_metrics`;
+:func:`run_track_metrics` and ``--metrics`` give them next to AP.
+
 Usage::
 
   python -m iai_jax.evaluate --gt GT.json --results RESULTS.json [--ovis] [--json]
+      [--metrics=ap,hota,idf1,clear]
 """
 
 from __future__ import annotations
@@ -572,6 +577,20 @@ def evaluate(gt: dict, results: list, ovis: bool = False) -> dict:
   return run_evaluation(gt, results, ovis).stats
 
 
+def run_track_metrics(gt: dict, results: list,
+                      score_threshold: float | None = None) -> dict:
+  """HOTA (DetA, AssA, LocA), IDF1 and CLEAR (MOTA, IDSW, Frag) of `results`.
+
+  The numbers of the ``trackeval`` package's YouTube-VIS evaluation; see
+  :func:`iai_jax.track_metrics.evaluate_tracks` for the returned dict (flat
+  class-averaged headline keys ``HOTA``, ``DetA``, ``AssA``, ``LocA``,
+  ``IDF1``, ``IDP``, ``IDR``, ``MOTA``, ``MOTP``, ``IDSW``, ``Frag``, plus
+  ``class_averaged``, ``detection_averaged`` and ``per_class`` details).
+  """
+  from iai_jax import track_metrics  # here: track_metrics imports this module
+  return track_metrics.evaluate_tracks(gt, results, score_threshold)
+
+
 def per_category_ap(gt: dict, results: list, ovis: bool = False) -> dict:
   """Category name -> AP (IoU 0.50:0.95, area all, 100 dets), -1 if no GT.
 
@@ -618,6 +637,11 @@ def format_table(evaluation: Evaluation) -> str:
   return '\n'.join(lines)
 
 
+# --metrics names -> track_metrics families ('ap' is this module's AP/AR)
+_METRIC_NAMES = {'ap': (), 'hota': ('HOTA',), 'idf1': ('Identity',),
+                 'clear': ('CLEAR',), 'track': ('HOTA', 'Identity', 'CLEAR')}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog='python -m iai_jax.evaluate',
@@ -628,22 +652,55 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help='OVIS metric (occlusion bins)')
   parser.add_argument('--json', action='store_true',
                       help='print the statistics as one JSON object')
+  parser.add_argument('--metrics', default='ap',
+                      help='comma-separated list of: ap (AP/AR, the default), '
+                      'hota (HOTA, DetA, AssA, LocA), idf1 (IDF1, IDP, IDR), '
+                      'clear (MOTA, MOTP, ID switches, Frag), track (hota, '
+                      'idf1 and clear); association metrics as the trackeval '
+                      "package's YouTube-VIS evaluation computes them")
   args = parser.parse_args(argv)
+  wanted = [m.strip().lower() for m in args.metrics.split(',') if m.strip()]
+  unknown = [m for m in wanted if m not in _METRIC_NAMES]
+  if unknown or not wanted:
+    parser.error(f'--metrics={args.metrics!r}: expected a comma-separated '
+                 f'list of {", ".join(_METRIC_NAMES)}')
+  families = [f for f in ('HOTA', 'Identity', 'CLEAR')
+              if any(f in _METRIC_NAMES[m] for m in wanted)]
+  # Under `python -m iai_jax.evaluate` this file runs as __main__ and
+  # track_metrics raises the EvaluationError of the imported iai_jax.evaluate.
+  from iai_jax import track_metrics  # here: track_metrics imports this module
+  errors = (EvaluationError, track_metrics.EvaluationError)
   paths = {'gt': args.gt, 'results': args.results}
   try:
     gt = load_json(args.gt, 'gt')
     results = load_json(args.results, 'results')
-    evaluation = run_evaluation(gt, results, args.ovis)
-  except EvaluationError as e:
+    evaluation = run_evaluation(gt, results, args.ovis) if 'ap' in wanted \
+        else None
+    tracks = track_metrics.evaluate_tracks(gt, results) if families else None
+  except errors as e:
     message = str(e)
     path = paths.get(e.source)
     if path is not None and not message.startswith(path + ':'):
       message = f'{path}: {message}'
     sys.exit(f'error: {message}')
   if args.json:
-    print(json.dumps(evaluation.stats))
+    out = dict(evaluation.stats) if evaluation is not None else {}
+    if tracks is not None:
+      for family in families:
+        out.update({k: tracks[k] for k in track_metrics.HEADLINE_KEYS[family]})
+      out['track_metrics'] = {
+          'class_averaged': {f: tracks['class_averaged'][f]
+                             for f in families + ['Count']},
+          'detection_averaged': {f: tracks['detection_averaged'][f]
+                                 for f in families + ['Count']},
+          'per_class': {name: {f: blocks[f] for f in families + ['Count']}
+                        for name, blocks in tracks['per_class'].items()}}
+    print(json.dumps(out))
   else:
-    print(format_table(evaluation))
+    parts = [format_table(evaluation)] if evaluation is not None else []
+    if tracks is not None:
+      parts.append(track_metrics.format_table(tracks, families))
+    print('\n\n'.join(parts))
   return 0
 
 
