@@ -74,3 +74,29 @@ def run(main: Callable, argv=None) -> None:
   """``app.run(main)`` after the config pre-check."""
   _precheck(sys.argv if argv is None else argv)
   app.run(main, argv=argv)
+
+
+def parse_own_flags(argv, define: Callable[[flags.FlagValues], None],
+                    usage: str) -> flags.FlagValues:
+  """absl flags of a command that a library module also offers as a
+  function (``python -m iai_jax.evaluate``): parsed into a FlagValues of
+  its own, so importing the module defines no global flag.
+
+  ``argv``: the arguments without the program name (None: sys.argv[1:]).
+  ``define(fv)`` defines the flags on ``fv``. A bad flag exits with one line.
+  """
+  fv = flags.FlagValues()
+  define(fv)
+  args = list(sys.argv[1:] if argv is None else argv)
+  if '--help' in args or '-h' in args:
+    print(usage + '\n\nflags:\n' + fv.main_module_help())
+    sys.exit(0)
+  try:
+    rest = fv(['prog'] + args)
+    fv.validate_all_flags()
+  except flags.Error as e:
+    sys.exit(f'error: {e}\nusage: {usage}')
+  if len(rest) > 1:
+    sys.exit(f'error: unexpected arguments {" ".join(rest[1:])}\n'
+             f'usage: {usage}')
+  return fv

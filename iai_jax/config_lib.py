@@ -26,6 +26,8 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
+from iai_jax.validate import is_int
+
 # configs/ next to the package in a checkout (pip install -e .)
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'configs')
@@ -142,6 +144,30 @@ def check_config(c: ml_collections.ConfigDict) -> None:
     raise ValueError('infer.mask_iou_threshold must be in [0, 1]')
   if c.input.size_divisor % 32:
     raise ValueError('input.size_divisor must be a multiple of 32')
+  size = c.input.size
+  if (not isinstance(size, (tuple, list)) or len(size) != 2
+      or not all(is_int(x) and x > 0 for x in size) or size[0] > size[1]):
+    raise ValueError(f'input.size={size!r}: give (short side, long side) as '
+                     'two positive integers, e.g. --config.input.size='
+                     '"(360, 640)"')
+  for key in ('batch_size', 'clip_len', 'max_stride', 'log_every',
+              'checkpoint_every', 'keep_checkpoints'):
+    value = c.train[key]
+    if not is_int(value) or value < 1:
+      raise ValueError(f'train.{key}={value!r} must be a positive integer')
+  for key in ('steps', 'epochs', 'warmup_steps', 'data_workers'):
+    value = c.train[key]
+    if not is_int(value) or value < 0:
+      raise ValueError(f'train.{key}={value!r} must be an integer >= 0')
+  for key in ('score_thr', 'id_thr', 'nms_iou', 'overlap_keep',
+              'video_score_thr', 'mask_thr'):
+    if not 0.0 <= c.infer[key] <= 1.0:
+      raise ValueError(f'infer.{key}={c.infer[key]!r} must be in [0, 1]')
+  for key in ('candidates_per_level', 'max_per_img'):
+    if not is_int(c.infer[key]) or c.infer[key] < 1:
+      raise ValueError(f'infer.{key}={c.infer[key]!r} must be a positive '
+                       'integer')
+
 
 
 def check_override_key(config: ml_collections.ConfigDict, dotted: str) -> None:

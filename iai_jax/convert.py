@@ -545,9 +545,10 @@ def convert_file(source: str, input_path: str, config, output: str,
 
 # ----------------------------------------------------------------- main
 def main(argv=None):
-  from absl import app, flags, logging
+  from absl import app, flags
   from ml_collections import config_flags
 
+  from iai_jax import cli
   flags.DEFINE_enum('source', None, list(SOURCES),
                     'What the input is: the authors\' IAI checkpoint, a COCO '
                     'CondInst checkpoint or a torchvision ResNet.')
@@ -557,20 +558,18 @@ def main(argv=None):
                     'Leave the class / ID heads whose size differs at their '
                     'fresh initialisation (fine-tuning on another dataset).')
   flags.DEFINE_bool('overwrite', False, 'Replace a checkpoint in --output.')
-  config_flag = config_flags.DEFINE_config_file(
-      'config', None, 'A configs/*.py file, optionally with ":variants".',
-      lock_config=True)
-  flags.mark_flags_as_required(['source', 'input', 'output', 'config'])
+  config_flag = cli.define_config_flag()
+  flags.mark_flags_as_required(['source', 'input', 'output'])
   FLAGS = flags.FLAGS
 
   def run(args):
     if len(args) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(args[1:])}')
-    if not FLAGS['verbosity'].present:  # orbax logs every step at INFO
-      logging.set_verbosity(logging.WARNING)
+    cli.quiet_logs()
+    config = cli.config(config_flag)
     name = config_flags.get_config_filename(FLAGS['config'])
     try:
-      convert_file(FLAGS.source, FLAGS.input, config_flag.value, FLAGS.output,
+      convert_file(FLAGS.source, FLAGS.input, config, FLAGS.output,
                    config_name=name,
                    skip_mismatched_heads=FLAGS.skip_mismatched_heads,
                    overwrite=FLAGS.overwrite,
@@ -579,7 +578,7 @@ def main(argv=None):
     except (ConversionError, FileExistsError) as e:
       raise SystemExit(f'error: {e}') from None
 
-  app.run(run, argv=argv)
+  cli.run(run, argv=argv)
 
 
 if __name__ == '__main__':

@@ -36,17 +36,17 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import math
-import numbers
-import os
 import sys
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from iai_jax import track_metrics
+from iai_jax.vis_inputs import (EvaluationError, _finish_track,  # noqa: F401
+                                _parse_gt, _parse_results, _Track, load_json)
 
 # ---------------------------------------------------------------- parameters
 
@@ -60,8 +60,6 @@ AREA_RANGES = ((0, 1e5 ** 2), (0, 128 ** 2), (128 ** 2, 256 ** 2),
 AREA_LABELS = ('all', 'small', 'medium', 'large')
 OCC_RANGES = ((0, 1), (0, 0.25), (0.25, 0.5), (0.5, 1))
 OCC_LABELS = ('all', 'light', 'medium', 'heavy')
-OCC_SCORES = {'no_occlusion': 0.0, 'slight_occlusion': 0.25,
-              'severe_occlusion': 0.75}
 
 YTVIS_KEYS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
               'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
@@ -90,241 +88,6 @@ _SUMMARY = {
     'ARmo': (False, None, 'all', 'medium', 100),
     'ARho': (False, None, 'all', 'heavy', 100),
 }
-
-
-class EvaluationError(ValueError):
-  """Bad evaluation input.
-
-  ``source`` says which input is at fault: ``'gt'``, ``'results'`` or ``None``.
-  """
-
-  def __init__(self, message: str, source: str | None = None):
-    super().__init__(message)
-    self.source = source
-
-
-# ---------------------------------------------------------------- tracks
-
-
-@dataclasses.dataclass
-class _Track:
-  """One GT annotation or one result, prepared for matching."""
-  ann_id: int            # GT: annotation id; results: list index + 1
-  label: str             # for error messages
-  seq: list              # per frame: RLE dict or None
-  avg_area: float
-  crowd: bool = False     # ignore region (truthy iscrowd)
-  reusable: bool = False  # may absorb several detections (int(iscrowd) != 0)
-  score: float = 0.0
-  occ_score: float = 0.0
-  areas: np.ndarray | None = None  # per frame RLE area, -1 where absent
-  sizes: list | None = None        # per frame (h, w) or None
-
-
-def _is_int(x) -> bool:
-  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-  return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _avg_area(values) -> float:
-  """Mean of the truthy entries (None and 0 skipped); 0 if there are none."""
-  kept = [a for a in values if a]
-  if not kept:
-    return 0
-  return np.array(kept).mean()
-
-
-def _occlusion_score(levels, label: str) -> float:
-  """Mean of the top ceil(n/2) per-frame occlusion scores (nulls skipped)."""
-  scores = []
-  for f, level in enumerate(levels):
-    if level is None:
-      continue
-    if level not in OCC_SCORES:
-      raise EvaluationError(
-          f'{label}: occlusion[{f}] is {level!r}, expected one of '
-          f'{sorted(OCC_SCORES)} or null', 'gt')
-    scores.append(OCC_SCORES[level])
-  if not scores:
-    raise EvaluationError(f'{label}: occlusion has no non-null frame', 'gt')
-  scores.sort()
-  top = scores[-math.ceil(len(scores) / 2):]
-  return sum(top) / len(top)
-
-
-def _is_compressed_rle(seg) -> bool:
-  return (isinstance(seg, dict) and isinstance(seg.get('counts'), (str, bytes))
-          and isinstance(seg.get('size'), Sequence) and len(seg['size']) == 2)
-
-
-def _gt_frame_to_rle(seg, video: dict, label: str, frame: int) -> dict:
-  """Polygon list, uncompressed RLE or compressed RLE -> compressed RLE."""
-  if _is_compressed_rle(seg):
-    return seg
-  polygon = isinstance(seg, list)
-  uncompressed = (isinstance(seg, dict) and isinstance(seg.get('counts'), list)
-                  and 'size' in seg)
-  if not (polygon or uncompressed):
-    raise EvaluationError(
-        f'{label}: segmentations[{frame}] is neither a polygon list, an RLE '
-        'nor null', 'gt')
-  h, w = video.get('height'), video.get('width')
-  if not (_is_int(h) and _is_int(w)):
-    raise EvaluationError(
-        f'video {video["id"]} needs integer "height" and "width" to decode '
-        f'{label} segmentations[{frame}]', 'gt')
-  try:
-    if polygon:
-      return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    return mask_utils.frPyObjects(seg, h, w)
-  except Exception as e:  # pycocotools raises bare Exception / TypeError
-    raise EvaluationError(
-        f'{label}: cannot decode segmentations[{frame}]: {e}', 'gt') from e
-
-
-def _finish_track(track: _Track) -> _Track:
-  """Pre-computes the per-frame RLE areas and mask sizes of a track."""
-  present = [f for f, s in enumerate(track.seq) if s is not None]
-  areas = np.full(len(track.seq), -1, np.int64)
-  sizes = [None] * len(track.seq)
-  if present:
-    areas[present] = mask_utils.area([track.seq[f] for f in present])
-    for f in present:
-      sizes[f] = (int(track.seq[f]['size'][0]), int(track.seq[f]['size'][1]))
-  track.areas = areas
-  track.sizes = sizes
-  return track
-
-
-# ---------------------------------------------------------------- input
-
-
-def _require(obj: dict, keys, label: str, source: str):
-  for key in keys:
-    if key not in obj:
-      raise EvaluationError(f'{label} has no "{key}" key', source)
-
-
-def _parse_gt(gt, ovis: bool):
-  """-> (video ids sorted, {video id: video}, category ids sorted, names,
-  {(video, category): [GT tracks in file order]})."""
-  if not isinstance(gt, dict):
-    raise EvaluationError(
-        f'ground truth must be a JSON object, got {type(gt).__name__}', 'gt')
-  for key in ('videos', 'categories'):
-    if not isinstance(gt.get(key), list):
-      raise EvaluationError(f'ground truth has no "{key}" list', 'gt')
-  annotations = gt.get('annotations')
-  if annotations is None:
-    annotations = []
-  if not isinstance(annotations, list):
-    raise EvaluationError('ground truth "annotations" is not a list', 'gt')
-
-  videos = {}
-  for i, video in enumerate(gt['videos']):
-    if not isinstance(video, dict) or not _is_int(video.get('id')):
-      raise EvaluationError(f'videos[{i}] has no integer "id"', 'gt')
-    videos[video['id']] = video
-  names = {}
-  for i, cat in enumerate(gt['categories']):
-    if not isinstance(cat, dict) or not _is_int(cat.get('id')):
-      raise EvaluationError(f'categories[{i}] has no integer "id"', 'gt')
-    names[cat['id']] = str(cat.get('name', cat['id']))
-  video_ids = sorted(videos)
-  cat_ids = sorted(names)
-
-  # Annotations of videos / categories that are not evaluated only need the
-  # keys the benchmark indexes every annotation by.
-  index_keys = ('id', 'video_id', 'category_id')
-  keys = ['iscrowd', 'segmentations', 'areas']
-  if ovis:
-    keys.append('occlusion')
-  tracks = {}
-  seen_ids = set()
-  for i, ann in enumerate(annotations):
-    label = f'annotations[{i}]'
-    if not isinstance(ann, dict):
-      raise EvaluationError(f'{label} is not an object', 'gt')
-    _require(ann, index_keys, label, 'gt')
-    if not _is_int(ann['id']):
-      raise EvaluationError(f'{label} "id" is not an integer', 'gt')
-    label = f'annotations[{i}] (id {ann["id"]})'
-    if ann['id'] in seen_ids:
-      raise EvaluationError(f'{label}: duplicate annotation id', 'gt')
-    seen_ids.add(ann['id'])
-    if not isinstance(ann['video_id'], Hashable) or not isinstance(
-        ann['category_id'], Hashable):
-      raise EvaluationError(f'{label}: bad video_id / category_id', 'gt')
-    if ann['video_id'] not in videos or ann['category_id'] not in names:
-      continue  # not evaluated, like the benchmark
-    _require(ann, keys, label, 'gt')
-    if not (isinstance(ann['iscrowd'], numbers.Real)
-            and math.isfinite(ann['iscrowd'])):
-      raise EvaluationError(f'{label}: iscrowd is not a number', 'gt')
-    for key in ('segmentations', 'areas') + (('occlusion',) if ovis else ()):
-      if not isinstance(ann[key], list):
-        raise EvaluationError(f'{label} "{key}" is not a list', 'gt')
-    for f, a in enumerate(ann['areas']):
-      if a is not None and not _is_number(a):
-        raise EvaluationError(f'{label}: areas[{f}] is not a number', 'gt')
-    video = videos[ann['video_id']]
-    seq = [_gt_frame_to_rle(s, video, label, f) if s else None
-           for f, s in enumerate(ann['segmentations'])]
-    track = _Track(ann_id=ann['id'], label=label, seq=seq,
-                   avg_area=_avg_area(ann['areas']),
-                   crowd=bool(ann['iscrowd']),
-                   reusable=int(ann['iscrowd']) != 0)
-    if ovis:
-      track.occ_score = _occlusion_score(ann['occlusion'], label)
-    key = (ann['video_id'], ann['category_id'])
-    tracks.setdefault(key, []).append(_finish_track(track))
-  return video_ids, videos, cat_ids, names, tracks
-
-
-def _parse_results(results, videos: dict, names: dict):
-  """-> {(video, category): [result tracks in file order]}."""
-  if not isinstance(results, list):
-    raise EvaluationError(
-        f'results must be a JSON list, got {type(results).__name__}',
-        'results')
-  tracks = {}
-  for i, res in enumerate(results):
-    label = f'results[{i}]'
-    if not isinstance(res, dict):
-      raise EvaluationError(f'{label} is not an object', 'results')
-    _require(res, ('video_id', 'category_id', 'score', 'segmentations'),
-             label, 'results')
-    vid, cat = res['video_id'], res['category_id']
-    if not isinstance(vid, Hashable) or vid not in videos:
-      raise EvaluationError(
-          f'{label}: video_id {vid!r} is not a video of the ground truth',
-          'results')
-    if not _is_number(res['score']):
-      raise EvaluationError(f'{label}: score is not a number', 'results')
-    if not isinstance(res['segmentations'], list):
-      raise EvaluationError(f'{label}: "segmentations" is not a list',
-                            'results')
-    seq = []
-    for f, s in enumerate(res['segmentations']):
-      if not s:
-        seq.append(None)
-      elif _is_compressed_rle(s):
-        seq.append(s)
-      else:
-        raise EvaluationError(
-            f'{label}: segmentations[{f}] is not a compressed RLE '
-            '({"size": [h, w], "counts": str}) or null', 'results')
-    if not isinstance(cat, Hashable) or cat not in names:
-      continue  # categories outside the GT are dropped silently
-    track = _finish_track(_Track(ann_id=i + 1, label=label, seq=seq, avg_area=0,
-                                 score=res['score']))
-    track.avg_area = _avg_area([int(a) if a >= 0 else None
-                                for a in track.areas])
-    tracks.setdefault((vid, cat), []).append(track)
-  return tracks
 
 
 # ---------------------------------------------------------------- IoU
@@ -587,7 +350,6 @@ def run_track_metrics(gt: dict, results: list,
   ``IDF1``, ``IDP``, ``IDR``, ``MOTA``, ``MOTP``, ``IDSW``, ``Frag``, plus
   ``class_averaged``, ``detection_averaged`` and ``per_class`` details).
   """
-  from iai_jax import track_metrics  # here: track_metrics imports this module
   return track_metrics.evaluate_tracks(gt, results, score_threshold)
 
 
@@ -600,23 +362,6 @@ def per_category_ap(gt: dict, results: list, ovis: bool = False) -> dict:
 
 
 # ---------------------------------------------------------------- CLI
-
-
-def load_json(path: str, source: str | None = None):
-  """json.load with one-line errors naming the file."""
-  if not os.path.exists(path):
-    raise EvaluationError(f'{path}: no such file', source)
-  if os.path.isdir(path):
-    raise EvaluationError(f'{path}: is a directory, not a JSON file', source)
-  try:
-    with open(path, encoding='utf-8') as fh:
-      return json.load(fh)
-  except json.JSONDecodeError as e:
-    raise EvaluationError(
-        f'{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})',
-        source) from e
-  except (OSError, UnicodeDecodeError) as e:
-    raise EvaluationError(f'{path}: cannot read ({e})', source) from e
 
 
 def format_table(evaluation: Evaluation) -> str:
@@ -642,34 +387,38 @@ _METRIC_NAMES = {'ap': (), 'hota': ('HOTA',), 'idf1': ('Identity',),
                  'clear': ('CLEAR',), 'track': ('HOTA', 'Identity', 'CLEAR')}
 
 
+def _define_flags(fv) -> None:
+  from absl import flags
+  flags.DEFINE_string('gt', None, 'ground-truth JSON file', flag_values=fv)
+  flags.DEFINE_string('results', None, 'results JSON file', flag_values=fv)
+  flags.DEFINE_bool('ovis', False, 'OVIS metric (occlusion bins)',
+                    flag_values=fv)
+  flags.DEFINE_bool('json', False, 'print the statistics as one JSON object',
+                    flag_values=fv)
+  flags.DEFINE_string(
+      'metrics', 'ap', 'comma-separated list of: ap (AP/AR, the default), '
+      'hota (HOTA, DetA, AssA, LocA), idf1 (IDF1, IDP, IDR), clear (MOTA, '
+      'MOTP, ID switches, Frag), track (hota, idf1 and clear); association '
+      "metrics as the trackeval package's YouTube-VIS evaluation computes "
+      'them', flag_values=fv)
+  flags.mark_flags_as_required(['gt', 'results'], flag_values=fv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m iai_jax.evaluate',
-      description='YouTube-VIS / OVIS video instance segmentation AP.')
-  parser.add_argument('--gt', required=True, help='ground-truth JSON file')
-  parser.add_argument('--results', required=True, help='results JSON file')
-  parser.add_argument('--ovis', action='store_true',
-                      help='OVIS metric (occlusion bins)')
-  parser.add_argument('--json', action='store_true',
-                      help='print the statistics as one JSON object')
-  parser.add_argument('--metrics', default='ap',
-                      help='comma-separated list of: ap (AP/AR, the default), '
-                      'hota (HOTA, DetA, AssA, LocA), idf1 (IDF1, IDP, IDR), '
-                      'clear (MOTA, MOTP, ID switches, Frag), track (hota, '
-                      'idf1 and clear); association metrics as the trackeval '
-                      "package's YouTube-VIS evaluation computes them")
-  args = parser.parse_args(argv)
+  """``python -m iai_jax.evaluate --gt=GT.json --results=R.json [--ovis]
+  [--json] [--metrics=ap,hota]``; ``argv`` without the program name."""
+  from iai_jax import cli
+  args = cli.parse_own_flags(
+      argv, _define_flags, 'python -m iai_jax.evaluate --gt=GT.json '
+      '--results=RESULTS.json [--ovis] [--json] [--metrics=ap,hota]')
   wanted = [m.strip().lower() for m in args.metrics.split(',') if m.strip()]
   unknown = [m for m in wanted if m not in _METRIC_NAMES]
   if unknown or not wanted:
-    parser.error(f'--metrics={args.metrics!r}: expected a comma-separated '
-                 f'list of {", ".join(_METRIC_NAMES)}')
+    sys.exit(f'error: --metrics={args.metrics!r}: expected a comma-separated '
+             f'list of {", ".join(_METRIC_NAMES)}')
   families = [f for f in ('HOTA', 'Identity', 'CLEAR')
               if any(f in _METRIC_NAMES[m] for m in wanted)]
-  # Under `python -m iai_jax.evaluate` this file runs as __main__ and
-  # track_metrics raises the EvaluationError of the imported iai_jax.evaluate.
-  from iai_jax import track_metrics  # here: track_metrics imports this module
-  errors = (EvaluationError, track_metrics.EvaluationError)
+  errors = (EvaluationError,)
   paths = {'gt': args.gt, 'results': args.results}
   try:
     gt = load_json(args.gt, 'gt')

@@ -32,6 +32,8 @@ from typing import Any, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from iai_jax.validate import is_int
+
 _MAX_LISTED = 20  # problems spelled out in a check_results error
 
 
@@ -92,10 +94,6 @@ def video_results(video_id: int, tracks: Sequence[dict],
 
 
 # ----------------------------------------------------------------- checks
-def _is_int(x) -> bool:
-  return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _video_table(videos) -> dict[int, tuple[int, int, int]]:
   """{id: (length, height, width)} of video dicts (GT or pipeline metadata)."""
   table = {}
@@ -155,7 +153,7 @@ def check_results(results, videos: Sequence[dict],
       problems.append(f'{label} lacks {", ".join(missing)}')
       continue
     vid = r['video_id']
-    if not _is_int(vid):
+    if not is_int(vid):
       problems.append(f'{label}: video_id {vid!r} ({type(vid).__name__}) is not '
                       'an int')
       video = None
@@ -165,7 +163,7 @@ def check_results(results, videos: Sequence[dict],
     else:
       video = table[vid]
     cat = r['category_id']
-    if not _is_int(cat):
+    if not is_int(cat):
       problems.append(f'{label}: category_id {cat!r} ({type(cat).__name__}) is '
                       'not an int')
     elif cats is not None and cat not in cats:

@@ -119,7 +119,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
-from iai_jax.evaluate import EvaluationError, _parse_gt, _parse_results
+from iai_jax.vis_inputs import EvaluationError, _parse_gt, _parse_results
 
 # Same construction as TrackEval's, so the alphas are bit-identical.
 ALPHAS = np.arange(0.05, 0.99, 0.05)

@@ -34,7 +34,7 @@ from iai_jax import losses as losses_lib
 from iai_jax import targets as targets_lib
 from iai_jax.data import pipeline
 from iai_jax.models import iai as iai_model
-from iai_jax.models import locations, rollout
+from iai_jax.models import kernels, locations, rollout
 from iai_jax.train_state import (TrainState, create_train_state,
                                  make_optimizer)
 
@@ -50,7 +50,7 @@ def clip_forward(model, params, batch_stats, batch, rng, config, train=True):
       net, images, config.model, id_masks=batch['id_map'],
       new_instance=batch['new_instance'],
       id_mask_of=lambda id_map: targets_lib.id_mask_from_map(id_map, n),
-      rng=rng, train=train, unroll=config.train.scan_unroll)
+      rng=rng, train=train, unroll=kernels.scan_unroll(config.train.scan_unroll))
   return out, net.batch_stats
 
 

@@ -11,14 +11,13 @@ folder and patch them for Python 3.11 / numpy 2 / no matplotlib:
   * ytvoseval Params: np.linspace(..., np.round(x) + 1) -> int(np.round(x)) + 1
     (same values)
 
-  python scripts/metric_parity.py --official=DIR [--ytvis N] [--ovis N] [--seed S]
+  python scripts/metric_parity.py --official=DIR [--ytvis=N] [--ovis=N] [--seed=S]
 
 Random ground truth / results (polygons, RLE, uncompressed RLE, crowd, nulls,
 area boundaries, score ties, > 100 results, short predictions, OVIS
 occlusion) go through both; prints the max |official - ours| per statistic.
 """
 
-import argparse
 import contextlib
 import copy
 import io
@@ -30,10 +29,19 @@ import time
 
 import numpy as np
 
+from absl import app, flags
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-_pre = argparse.ArgumentParser(add_help=False)
-_pre.add_argument('--official', default=os.path.join(HERE, 'official'))
-sys.path.insert(0, os.path.abspath(_pre.parse_known_args()[0].official))
+_OFFICIAL = flags.DEFINE_string(
+    'official', os.path.join(HERE, 'official'),
+    'folder with the patched ytvos/ytvoseval/ovis/oviseval.py')
+flags.DEFINE_integer('ytvis', 200, 'YouTube-VIS cases')
+flags.DEFINE_integer('ovis', 100, 'OVIS cases')
+flags.DEFINE_integer('empty', 10, 'extra empty-results cases per metric')
+flags.DEFINE_integer('seed', 20240611, 'random seed')
+# The official modules are imported from --official before absl runs main.
+flags.FLAGS(sys.argv, known_only=True)
+sys.path.insert(0, os.path.abspath(_OFFICIAL.value))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from pycocotools import mask as mask_utils  # noqa: E402
@@ -458,15 +466,9 @@ def shrink(gt, results, ovis):
   return gt, results
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument('--official', required=True,
-                  help='folder with the patched ytvos/ytvoseval/ovis/oviseval.py')
-  ap.add_argument('--ytvis', type=int, default=200)
-  ap.add_argument('--ovis', type=int, default=100)
-  ap.add_argument('--empty', type=int, default=10, help='extra empty-results cases per metric')
-  ap.add_argument('--seed', type=int, default=20240611)
-  args = ap.parse_args()
+def main(argv):
+  del argv
+  args = flags.FLAGS
   rng = np.random.default_rng(args.seed)
   t0 = time.time()
   n_fail = 0
@@ -532,4 +534,4 @@ def main():
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  app.run(main)

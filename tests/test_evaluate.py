@@ -234,16 +234,16 @@ def test_command_line(tmp_path, capsys):
   gt_path, res_path = tmp_path / 'gt.json', tmp_path / 'res.json'
   gt_path.write_text(json.dumps(gt))
   res_path.write_text(json.dumps([res(TRACK_B, 0.9), res(TRACK_A, 0.8)]))
-  evaluate.main(['--gt', str(gt_path), '--results', str(res_path), '--json'])
+  evaluate.main([f'--gt={gt_path}', f'--results={res_path}', '--json'])
   stats = json.loads(capsys.readouterr().out)
   assert stats['AP'] == pytest.approx(0.5)
-  evaluate.main(['--gt', str(gt_path), '--results', str(res_path)])
+  evaluate.main([f'--gt={gt_path}', f'--results={res_path}'])
   table = capsys.readouterr().out
   assert 'Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.500' in table
   assert 'cat1' in table
   res_path.write_text('[{"video_id": 1,')
   with pytest.raises(SystemExit, match='res.json: not valid JSON'):
-    evaluate.main(['--gt', str(gt_path), '--results', str(res_path)])
+    evaluate.main([f'--gt={gt_path}', f'--results={res_path}'])
   with pytest.raises(SystemExit, match='missing.json: no such file'):
     evaluate.main(['--gt', str(tmp_path / 'missing.json'),
                    '--results', str(res_path)])

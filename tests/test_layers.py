@@ -221,3 +221,43 @@ def test_max_pool_3x3_s2_matches_numpy_values_and_gradient(h, w):
   np.testing.assert_array_equal(L.max_pool_3x3_s2(jnp.asarray(x)), ref)
   got = jax.grad(lambda v: jnp.sum(L.max_pool_3x3_s2(v) * g))(jnp.asarray(x))
   np.testing.assert_allclose(got, grad, atol=1e-6)
+
+
+# ---------------------------------------------------------------- backends
+def test_cpu_and_generic_kernels_give_the_same_numbers():
+  """kernels.cpu_paths() picks the CPU implementations (im2col 3x3 on small
+  maps, shifted-sum depthwise conv, nine-view max pool); the generic ones
+  (XLA's ops, used on GPU/TPU) give the same values and gradients."""
+  from iai_jax.models import kernels
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.normal(size=(2, 6, 10, 16)), jnp.float32)
+  k3 = jnp.asarray(rng.normal(size=(3, 3, 16, 8)), jnp.float32)
+  dw = L.DepthwiseConv(5)
+  dw_vars = dw.init(jax.random.key(1), x)
+
+  def ops(x, k3, dwk):
+    a = L.conv3x3(x, k3)                       # 60 positions: im2col on CPU
+    b = dw.apply({'params': {'kernel': dwk}}, x)
+    c = L.max_pool_3x3_s2(x)
+    return a, b, c
+
+  def loss(x, k3, dwk):
+    a, b, c = ops(x, k3, dwk)
+    return jnp.sum(a ** 2) + jnp.sum(b * x) + jnp.sum(c ** 3)
+
+  results = {}
+  for kind in ('cpu', 'generic'):
+    with kernels.forced(kind):
+      assert kernels.cpu_paths() == (kind == 'cpu')
+      assert kernels.scan_unroll('auto') == (True if kind == 'cpu' else 1)
+      out = jax.jit(ops)(x, k3, dw_vars['params']['kernel'])
+      grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(
+          x, k3, dw_vars['params']['kernel'])
+    results[kind] = (out, grads)
+  for a, b in zip(jax.tree_util.tree_leaves(results['cpu']),
+                  jax.tree_util.tree_leaves(results['generic'])):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+  assert kernels.scan_unroll(3) == 3
+  with pytest.raises(ValueError, match='cpu or generic'):
+    with kernels.forced('gpu'):
+      pass

@@ -504,7 +504,7 @@ def test_command_line_metrics_flag(tmp_path, capsys):
   gt_path.write_text(json.dumps(gt))
   res_path.write_text(json.dumps([res(1, 1, [A, A, B, B]),
                                   res(1, 1, [B, B, A, A])]))
-  args = ['--gt', str(gt_path), '--results', str(res_path)]
+  args = [f'--gt={gt_path}', f'--results={res_path}']
   evaluate.main(args + ['--json'])
   ap_only = json.loads(capsys.readouterr().out)
   assert list(ap_only) == list(evaluate.YTVIS_KEYS)
@@ -520,7 +520,7 @@ def test_command_line_metrics_flag(tmp_path, capsys):
   text = capsys.readouterr().out
   assert 'Average Precision' not in text and 'HOTA' in text
   assert 'IDF1' not in text
-  evaluate.main(args + ['--metrics', 'ap,track'])
+  evaluate.main(args + ['--metrics=ap,track'])
   text = capsys.readouterr().out
   assert 'Average Precision' in text
   assert 'HOTA' in text and 'IDF1' in text and 'MOTA' in text

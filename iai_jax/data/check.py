@@ -29,6 +29,7 @@ import sys
 import numpy as np
 
 from iai_jax.data import vis_json
+from iai_jax.validate import is_int
 
 
 @dataclasses.dataclass
@@ -60,16 +61,12 @@ class Report:
     return '\n'.join(lines)
 
 
-def _is_int(x) -> bool:
-  return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _check_videos(data, frames_root, problems) -> dict:
   """Valid videos by id; problems appended for the others."""
   have_frames = os.path.isdir(frames_root)
   videos = {}
   for i, v in enumerate(data['videos']):
-    if not isinstance(v, dict) or not _is_int(v.get('id')):
+    if not isinstance(v, dict) or not is_int(v.get('id')):
       problems.append(f'videos[{i}] has no integer "id"')
       continue
     vid = v['id']
@@ -77,7 +74,7 @@ def _check_videos(data, frames_root, problems) -> dict:
       problems.append(f'video {vid}: the id appears twice in "videos"')
       continue
     h, w = v.get('height'), v.get('width')
-    if not (_is_int(h) and _is_int(w) and h > 0 and w > 0):
+    if not (is_int(h) and is_int(w) and h > 0 and w > 0):
       problems.append(f'video {vid}: height / width missing or not positive '
                       f'integers ({h!r}, {w!r})')
     names = v.get('file_names')
@@ -88,7 +85,7 @@ def _check_videos(data, frames_root, problems) -> dict:
       problems.append(f'video {vid}: "file_names" holds non-strings')
       names = [n for n in names if isinstance(n, str)]
     length = v.get('length')
-    if _is_int(length) and names and length != len(names):
+    if is_int(length) and names and length != len(names):
       problems.append(f'video {vid}: length {length}, but {len(names)} '
                       'file_names')
     videos[vid] = dict(v, file_names=names, height=h, width=w)
@@ -105,7 +102,7 @@ def _check_videos(data, frames_root, problems) -> dict:
 def _check_masks(a, v, where, problems) -> None:
   """Mask sizes and decodability; one problem per annotation at most."""
   h, w = v['height'], v['width']
-  if not (_is_int(h) and _is_int(w)):
+  if not (is_int(h) and is_int(w)):
     return  # already reported with the video
   for f, seg in enumerate(a['segmentations']):
     if seg is None:
@@ -144,7 +141,7 @@ def check_dataset(ann_path: str, frames_root: str,
                     'dataset.train_frames / dataset.val_frames)')
   cats = {}
   for i, c in enumerate(data['categories']):
-    if not isinstance(c, dict) or not _is_int(c.get('id')):
+    if not isinstance(c, dict) or not is_int(c.get('id')):
       problems.append(f'categories[{i}] has no integer "id"')
     elif c['id'] in cats:
       problems.append(f'category id {c["id"]} appears twice')

@@ -15,7 +15,7 @@ here):
   read by the dataset's reader (:func:`reader`).
 
 The reader is chosen by ``dataset.format``: ``iai_jax.data.<format>`` (or
-any importable module when the name has a dot), which provides
+else a module of that name), which provides
 ``load_dataset(ann_path, frames_root) -> vis_json.VisDataset`` and
 ``load_categories(ann_path) -> [(id, name)]``. ``vis_json`` (YouTube-VIS
 2019/2021/2022 and OVIS) is the one there is; a new annotation format is one
@@ -62,14 +62,18 @@ def split_dir(config, version: str) -> str:
 def reader(config) -> ModuleType:
   """The annotation reader module of ``dataset.format``."""
   name = config.dataset.format
-  path = name if '.' in name else f'iai_jax.data.{name}'
-  try:
-    module = importlib.import_module(path)
-  except ModuleNotFoundError as e:
-    if e.name != path:
-      raise
-    raise ValueError(f'dataset.format={name!r}: no reader module {path}; '
-                     'the one there is: vis_json') from None
+  module = None
+  for path in (f'iai_jax.data.{name}', name):
+    try:
+      module = importlib.import_module(path)
+      break
+    except ModuleNotFoundError as e:
+      if e.name != path:
+        raise
+  if module is None:
+    raise ValueError(f'dataset.format={name!r}: no reader module '
+                     f'iai_jax.data.{name} or {name}; the one there is: '
+                     'vis_json')
   for fn in ('load_dataset', 'load_categories'):
     if not hasattr(module, fn):
       raise ValueError(f'dataset.format={name!r}: {path} has no {fn}()')

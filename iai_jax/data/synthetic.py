@@ -280,20 +280,29 @@ def generate(out_dir: str, num_videos: int, num_frames: int, height: int,
   return path
 
 
+def _define_flags(fv) -> None:
+  from absl import flags
+  flags.DEFINE_string('out', None, 'Output folder.', flag_values=fv)
+  flags.DEFINE_integer('videos', 120, 'Number of videos.', flag_values=fv)
+  flags.DEFINE_integer('frames', 12, 'Frames a video.', flag_values=fv)
+  flags.DEFINE_integer('height', 96, 'Frame height.', flag_values=fv)
+  flags.DEFINE_integer('width', 160, 'Frame width.', flag_values=fv)
+  flags.DEFINE_integer('max_instances', 4, 'Instances a video (at most).',
+                       flag_values=fv)
+  flags.DEFINE_float('occlusion', 0.3, '0..1, how often paths cross.',
+                     flag_values=fv)
+  flags.DEFINE_integer('seed', 0, 'Random seed.', flag_values=fv)
+  flags.DEFINE_enum('mask_format', 'rle', ['rle', 'uncompressed', 'polygon'],
+                    'How the masks are stored.', flag_values=fv)
+  flags.mark_flag_as_required('out', flag_values=fv)
+
+
 def main(argv=None):
-  import argparse
-  p = argparse.ArgumentParser(description='Write a synthetic VIS dataset.')
-  p.add_argument('--out', required=True)
-  p.add_argument('--videos', type=int, default=120)
-  p.add_argument('--frames', type=int, default=12)
-  p.add_argument('--height', type=int, default=96)
-  p.add_argument('--width', type=int, default=160)
-  p.add_argument('--max_instances', type=int, default=4)
-  p.add_argument('--occlusion', type=float, default=0.3)
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--mask_format', default='rle',
-                 choices=['rle', 'uncompressed', 'polygon'])
-  a = p.parse_args(argv)
+  """``python -m iai_jax.data.synthetic --out=DIR [--videos=120] ...``"""
+  from iai_jax import cli
+  a = cli.parse_own_flags(argv, _define_flags,
+                          'python -m iai_jax.data.synthetic --out=DIR '
+                          '[--videos=120] [--frames=12] ...')
   print(generate(a.out, a.videos, a.frames, a.height, a.width, a.max_instances,
                  a.occlusion, a.seed, a.mask_format))
 

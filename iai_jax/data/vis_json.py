@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from iai_jax.validate import is_int
+
 
 class VisDataError(ValueError):
   """A dataset that cannot be read as it is; the message says how to fix it."""
@@ -125,10 +127,6 @@ def to_rle(seg, height: int, width: int, where: str) -> dict:
 OCCLUSION_LEVELS = ('no_occlusion', 'slight_occlusion', 'severe_occlusion')
 
 
-def _is_int(x) -> bool:
-  return isinstance(x, int) and not isinstance(x, bool)
-
-
 def parse(data: dict, path: str = '<json>') -> tuple[list, dict, list]:
   """Structural checks; returns (videos, {video id: [annotations]}, categories).
 
@@ -148,7 +146,7 @@ def parse(data: dict, path: str = '<json>') -> tuple[list, dict, list]:
     raise VisDataError(f'{path}: "annotations" is not a list')
   cats = []
   for i, c in enumerate(data['categories']):
-    if not isinstance(c, dict) or not _is_int(c.get('id')):
+    if not isinstance(c, dict) or not is_int(c.get('id')):
       raise VisDataError(f'{path}: categories[{i}] has no integer "id"; '
                          'each category needs {"id": int, "name": str}')
     cats.append((c['id'], str(c.get('name', c['id']))))
@@ -165,7 +163,7 @@ def parse(data: dict, path: str = '<json>') -> tuple[list, dict, list]:
       if key not in v:
         raise VisDataError(f'{path}: videos[{i}] has no "{key}" (every video '
                            'needs id, height, width and file_names)')
-    if not all(_is_int(v[k]) for k in ('id', 'height', 'width')) or min(
+    if not all(is_int(v[k]) for k in ('id', 'height', 'width')) or min(
         v['height'], v['width']) < 1:
       raise VisDataError(f'{path}: videos[{i}]: id, height and width must be '
                          'integers (height, width > 0)')

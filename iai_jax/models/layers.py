@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from iai_jax.models import kernels
+
 
 @functools.lru_cache(maxsize=64)
 def aligned_bilinear_matrix(n: int, factor: int) -> np.ndarray:
@@ -106,24 +108,20 @@ class Conv1x1(nn.Module):
     return y
 
 
-# Output maps with fewer positions than this (per image) use im2col + matmul.
-SMALL_MAP = 128
-
-
 def conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1,
             dtype: Any = jnp.float32) -> jax.Array:
   """3x3 convolution with symmetric padding 1, NHWC input, HWIO kernel.
 
-  Large maps go to XLA's convolution. Small ones (the coarse FPN levels and
-  the heads on them, ResNet's last stage at low resolution) are written as
-  im2col + one matrix product: XLA on CPU runs a convolution of a few
-  positions up to 10x slower than that (forward + backward of a 256-channel
-  conv on a 2x3 map: 20 ms against 1.7 ms).
+  Large maps, and every map off CPU, go to XLA's convolution. On CPU small
+  ones (the coarse FPN levels and the heads on them, ResNet's last stage at
+  low resolution) are written as im2col + one matrix product: XLA on CPU
+  runs a convolution of a few positions up to 10x slower than that (forward
+  + backward of a 256-channel conv on a 2x3 map: 20 ms against 1.7 ms).
   """
   x, kernel = x.astype(dtype), kernel.astype(dtype)
   h, w = x.shape[-3], x.shape[-2]
   oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
-  if oh * ow >= SMALL_MAP:
+  if oh * ow >= kernels.SMALL_MAP or not kernels.cpu_paths():
     return jax.lax.conv_general_dilated(
         x, kernel, (stride, stride), ((1, 1), (1, 1)),
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
@@ -150,10 +148,13 @@ class Conv3x3(Conv1x1):
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   """3x3 max pool, stride 2, padding 1 (padded with -inf), NHWC.
 
-  The maximum of the nine strided views: same values as ``nn.max_pool``,
-  but its backward pass is nine selects instead of XLA's select-and-scatter,
-  which on CPU took 60 ms for the stem output of 20 frames of 96x160.
+  On CPU the maximum of the nine strided views: same values as
+  ``nn.max_pool``, but its backward pass is nine selects instead of XLA's
+  select-and-scatter, which on CPU took 60 ms for the stem output of 20
+  frames of 96x160. Elsewhere ``nn.max_pool``.
   """
+  if not kernels.cpu_paths():
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
   h, w = x.shape[-3], x.shape[-2]
   oh, ow = (h - 1) // 2 + 1, (w - 1) // 2 + 1
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
@@ -169,9 +170,10 @@ class DepthwiseConv(nn.Module):
   """k x k depthwise conv, 'same' padding, no bias, as shifted multiply-adds.
 
   Same parameter as ``nn.Conv(C, (k, k), feature_group_count=C)`` (kernel
-  (k, k, 1, C)). Written out because XLA on CPU computes the kernel gradient
-  of a grouped convolution as a dense C x C one (1024 x 1024 x 5 x 5 in the
-  FFN: most of the association block's backward time).
+  (k, k, 1, C)). Written out on CPU because XLA on CPU computes the kernel
+  gradient of a grouped convolution as a dense C x C one (1024 x 1024 x 5 x
+  5 in the FFN: most of the association block's backward time); elsewhere
+  XLA's grouped convolution.
   """
   kernel_size: int = 5
   kernel_init: Any = nn.initializers.lecun_normal()
@@ -184,6 +186,12 @@ class DepthwiseConv(nn.Module):
     kernel = kernel.astype(self.dtype)
     x = x.astype(self.dtype)
     p = k // 2
+    if not kernels.cpu_paths():
+      lead = x.shape[:-3]
+      y = jax.lax.conv_general_dilated(
+          x.reshape((-1,) + x.shape[-3:]), kernel, (1, 1), ((p, p), (p, p)),
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
+      return y.reshape(lead + y.shape[1:])
     h, w = x.shape[-3], x.shape[-2]
     xp = jnp.pad(x, ((0, 0),) * (x.ndim - 3) + ((p, p), (p, p), (0, 0)))
     out = jnp.zeros_like(x)

@@ -1,7 +1,7 @@
 """Backbones, chosen by name: ``model.backbone.name`` in the config.
 
 A backbone is one module, ``iai_jax.models.backbones.<name>`` (or any
-importable module when the name has a dot in it), that provides
+importable module of that name), that provides
 
 * ``build(backbone_cfg, dtype) -> flax.linen.Module``: a module whose call on
   (F, H, W, 3) normalised frames returns ``{'c3', 'c4', 'c5'}`` features at
@@ -14,6 +14,9 @@ importable module when the name has a dot in it), that provides
   setting (called by :func:`iai_jax.config_lib.check_config`);
 * ``torch_module(path) -> str``: the PyTorch module name (after
   ``backbone.``) of the module at ``path``, for converting checkpoints.
+
+The name is looked up as ``iai_jax.models.backbones.<name>``, then as a
+module of its own (``my_project.my_backbone``).
 
 :class:`Backbone` wraps such a module for one config. Adding a backbone is
 one new module here plus a config variant that sets ``model.backbone.name``
@@ -34,14 +37,14 @@ STRIDES = {'c3': 8, 'c4': 16, 'c5': 32}
 
 def module_for(name: str) -> ModuleType:
   """The module implementing backbone ``name``."""
-  path = name if '.' in name else f'{__name__}.{name}'
-  try:
-    return importlib.import_module(path)
-  except ModuleNotFoundError as e:
-    if e.name != path:
-      raise
-    raise ValueError(f'model.backbone.name={name!r}: no module {path}; '
-                     'known backbones: resnet') from None
+  for path in (f'{__name__}.{name}', name):
+    try:
+      return importlib.import_module(path)
+    except ModuleNotFoundError as e:
+      if e.name != path:
+        raise
+  raise ValueError(f'model.backbone.name={name!r}: no module {__name__}.{name} '
+                   f'or {name}; known backbones: resnet')
 
 
 @dataclasses.dataclass(frozen=True)
