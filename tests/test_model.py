@@ -14,7 +14,7 @@ import pytest
 from iai_jax import config_lib
 from iai_jax.models import (build_model, count_params, abstract_variables,
                             init_variables, trainable_mask)
-from iai_jax.models import backbones, rollout
+from iai_jax.models import backbones, locations, rollout
 from iai_jax.models.backbones.resnet import ResNet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -147,8 +147,12 @@ def test_bf16_switch_keeps_fp32_params(tiny):
   out16, mem16 = jax.jit(model16.apply)(variables, x)
   assert mem16.local_k.dtype == jnp.bfloat16
   for key in ('cls', 'ctr', 'reg'):
-    a = np.concatenate([o.ravel() for o in out32[key]])
-    b = np.concatenate([np.asarray(o, np.float32).ravel() for o in out16[key]])
+    # box distances are (ReLU of the conv) x the level's stride (128 at P7):
+    # compare the conv's output scale, where bf16 rounding happened
+    scale = locations.STRIDES if key == 'reg' else (1,) * 5
+    a = np.concatenate([o.ravel() / s for o, s in zip(out32[key], scale)])
+    b = np.concatenate([np.asarray(o, np.float32).ravel() / s
+                        for o, s in zip(out16[key], scale)])
     assert np.isfinite(b).all()
     # same network, lower precision: close, not equal
     assert np.abs(a - b).max() < 0.05 * (np.abs(a).max() + 1)
