@@ -253,8 +253,7 @@ def _empty_prev(model, variables, bucket, config):
               for h, w in locations.level_shapes(bucket)))
   c5 = (1, bucket[0] // 32, bucket[1] // 32,
         backbones.get(config.model).channels['c5'])
-  pending = rollout.no_pending(rollout.Applied(model, variables), config.model,
-                               c5, bucket)
+  pending = rollout.no_pending(model, variables, config.model, c5, bucket)
   return {'cache': pending['cache'], 'masks': jnp.zeros((d, *bucket), bool),
           'ids': -jnp.ones((d,), jnp.int32), 'new': jnp.zeros((), bool),
           'valid': jnp.zeros((), bool)}

@@ -40,8 +40,7 @@ def frame_inputs(config, model, variables, batch: int = 1):
   memory = jax.eval_shape(
       lambda: rollout.empty_memory(config.model, batch, (h, w)))
   c5 = (batch, h // 32, w // 32, backbones.get(config.model).channels['c5'])
-  pending = rollout.pending_shapes(rollout.Applied(model, variables),
-                                   config.model, c5, (h, w))
+  pending = rollout.pending_shapes(model, variables, config.model, c5, (h, w))
   return image, memory, pending
 
 

@@ -7,7 +7,12 @@ import numbers
 
 
 def is_int(x) -> bool:
-  """An integer (Python or numpy), not a bool."""
+  """A Python int (what JSON gives), not a bool."""
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_integral(x) -> bool:
+  """An integer, Python or numpy, not a bool."""
   return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from iai_jax.validate import is_int, is_number
+from iai_jax.validate import is_integral, is_number
 
 OCC_SCORES = {'no_occlusion': 0.0, 'slight_occlusion': 0.25,
               'severe_occlusion': 0.75}
@@ -96,7 +96,7 @@ def _gt_frame_to_rle(seg, video: dict, label: str, frame: int) -> dict:
         f'{label}: segmentations[{frame}] is neither a polygon list, an RLE '
         'nor null', 'gt')
   h, w = video.get('height'), video.get('width')
-  if not (is_int(h) and is_int(w)):
+  if not (is_integral(h) and is_integral(w)):
     raise EvaluationError(
         f'video {video["id"]} needs integer "height" and "width" to decode '
         f'{label} segmentations[{frame}]', 'gt')
@@ -149,12 +149,12 @@ def _parse_gt(gt, ovis: bool):
 
   videos = {}
   for i, video in enumerate(gt['videos']):
-    if not isinstance(video, dict) or not is_int(video.get('id')):
+    if not isinstance(video, dict) or not is_integral(video.get('id')):
       raise EvaluationError(f'videos[{i}] has no integer "id"', 'gt')
     videos[video['id']] = video
   names = {}
   for i, cat in enumerate(gt['categories']):
-    if not isinstance(cat, dict) or not is_int(cat.get('id')):
+    if not isinstance(cat, dict) or not is_integral(cat.get('id')):
       raise EvaluationError(f'categories[{i}] has no integer "id"', 'gt')
     names[cat['id']] = str(cat.get('name', cat['id']))
   video_ids = sorted(videos)
@@ -173,7 +173,7 @@ def _parse_gt(gt, ovis: bool):
     if not isinstance(ann, dict):
       raise EvaluationError(f'{label} is not an object', 'gt')
     _require(ann, index_keys, label, 'gt')
-    if not is_int(ann['id']):
+    if not is_integral(ann['id']):
       raise EvaluationError(f'{label} "id" is not an integer', 'gt')
     label = f'annotations[{i}] (id {ann["id"]})'
     if ann['id'] in seen_ids:

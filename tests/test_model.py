@@ -174,7 +174,8 @@ def test_online_loop_over_100_frames_compiles_once(tiny):
   memory = rollout.empty_memory(cfg.model, 1, (h, w))
   net = rollout.Applied(model, variables)
   c5 = backbones.get(cfg.model).channels['c5']
-  pending = rollout.no_pending(net, cfg.model, (1, h // 32, w // 32, c5), (h, w))
+  pending = rollout.no_pending(model, variables, cfg.model,
+                               (1, h // 32, w // 32, c5), (h, w))
   images = jax.random.normal(jax.random.key(3), (4, 1, h, w, 3))
   id_mask = jnp.zeros((1, h, w, cfg.model.max_obj_num + 1)).at[:, 8:30, 8:40, 0].set(1)
   for t in range(100):

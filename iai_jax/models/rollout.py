@@ -122,12 +122,15 @@ def init_pass(net, images, model_cfg, train: bool = False):
   return out, memory
 
 
-def pending_shapes(net, model_cfg, c5_shape, image_size):
-  """Shapes of a :func:`write_frame` record for frames of ``image_size``."""
+def pending_shapes(model, variables, model_cfg, c5_shape, image_size):
+  """Shapes of a :func:`write_frame` record for frames of ``image_size``
+  (``variables`` may be abstract)."""
   b = c5_shape[0]
   memory = jax.eval_shape(lambda: empty_memory(model_cfg, b, image_size))
   c5 = jax.ShapeDtypeStruct(c5_shape, jnp.float32)
-  _, cache = jax.eval_shape(lambda c, m: net.associate(c, m, True), c5, memory)
+  _, cache = jax.eval_shape(
+      lambda v, c, m: Applied(model, v).associate(c, m, True),
+      variables, c5, memory)
   return {'cache': cache,
           'id_mask': jax.ShapeDtypeStruct(
               (b, *image_size, model_cfg.max_obj_num + 1), jnp.float32),
@@ -135,11 +138,11 @@ def pending_shapes(net, model_cfg, c5_shape, image_size):
           'valid': jax.ShapeDtypeStruct((), jnp.bool_)}
 
 
-def no_pending(net, model_cfg, c5_shape, image_size):
+def no_pending(model, variables, model_cfg, c5_shape, image_size):
   """A 'no previous frame' record (zeros) for a video's first frame."""
-  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                pending_shapes(net, model_cfg, c5_shape,
-                                               image_size))
+  return jax.tree_util.tree_map(
+      lambda s: jnp.zeros(s.shape, s.dtype),
+      pending_shapes(model, variables, model_cfg, c5_shape, image_size))
 
 
 # ----------------------------------------------------------------- clips
