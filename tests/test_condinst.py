@@ -69,10 +69,13 @@ def test_fpn_top_down_and_extra_levels():
   for i in range(3):
     ref = _conv_nhwc(lat[i], p[f'output_{i}']['kernel'], p[f'output_{i}']['bias'])
     np.testing.assert_allclose(outs[i], ref, rtol=1e-4, atol=1e-4)
-  # P6 from ReLU(P5 output), P7 from ReLU(P6)
-  p6 = _conv_nhwc(np.maximum(np.asarray(outs[2]), 0), p['output_3']['kernel'],
+  # P6 from the P5 output itself (no ReLU: mmdet applies it only before the
+  # second extra conv), P7 from ReLU(P6)
+  assert (np.asarray(outs[2]) < 0).any()  # a ReLU would change P6
+  p6 = _conv_nhwc(np.asarray(outs[2]), p['output_3']['kernel'],
                   p['output_3']['bias'], stride=2)
   np.testing.assert_allclose(outs[3], p6, rtol=1e-4, atol=1e-4)
+  assert (p6 < 0).any()
   p7 = _conv_nhwc(np.maximum(p6, 0), p['output_4']['kernel'],
                   p['output_4']['bias'], stride=2)
   np.testing.assert_allclose(outs[4], p7, rtol=1e-4, atol=1e-4)
@@ -252,3 +255,49 @@ def test_stride_4_mask_logits_go_straight_to_the_loss_grid():
   full = np.asarray(C.mask_logits_at_input(logits, 4))
   assert full.shape == (3, 40, 56)
   np.testing.assert_allclose(full[:, 2::4, 2::4], logits, atol=1e-6)
+
+
+def test_step_batchnorm_matches_torch_batchnorm_per_time_step():
+  """Clips of T frames (clip-major): each time step is normalised with its
+  own batch statistics, and the running statistics take T updates in time
+  order with torch's unbiased variance - as the authors' head, run once per
+  time step with an nn.BatchNorm2d in train mode."""
+  import torch
+  b, t, h, w, c = 3, 4, 5, 6, 8
+  rng = np.random.default_rng(0)
+  x = (rng.normal(size=(b, t, h, w, c)) * rng.uniform(0.5, 3, c)
+       + rng.normal(size=c)).astype(np.float32)
+  bn = C.StepBatchNorm(momentum=0.9)
+  v = bn.init(jax.random.key(0), jnp.zeros((b * t, h, w, c)))
+  scale = rng.uniform(0.5, 2, c).astype(np.float32)
+  bias = rng.normal(size=c).astype(np.float32)
+  mean0 = rng.normal(size=c).astype(np.float32)
+  var0 = rng.uniform(0.5, 2, c).astype(np.float32)
+  v = {'params': {'scale': scale, 'bias': bias},
+       'batch_stats': {'mean': mean0, 'var': var0}}
+  out, upd = bn.apply(v, jnp.asarray(x.reshape(b * t, h, w, c)), True, t,
+                      mutable=['batch_stats'])
+  out = np.asarray(out).reshape(b, t, h, w, c)
+  ref = torch.nn.BatchNorm2d(c, momentum=0.1, eps=1e-5).train()
+  with torch.no_grad():
+    ref.weight.copy_(torch.from_numpy(scale))
+    ref.bias.copy_(torch.from_numpy(bias))
+    ref.running_mean.copy_(torch.from_numpy(mean0))
+    ref.running_var.copy_(torch.from_numpy(var0))
+    for step in range(t):
+      xt = torch.from_numpy(x[:, step].transpose(0, 3, 1, 2).copy())
+      want = ref(xt).numpy().transpose(0, 2, 3, 1)
+      np.testing.assert_allclose(out[:, step], want, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(upd['batch_stats']['mean'],
+                             ref.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(upd['batch_stats']['var'],
+                             ref.running_var.numpy(), rtol=1e-5, atol=1e-6)
+  # one step over all B*T frames would give other numbers
+  pooled, _ = bn.apply(v, jnp.asarray(x.reshape(b * t, h, w, c)), True, 1,
+                       mutable=['batch_stats'])
+  assert np.abs(np.asarray(pooled).reshape(out.shape) - out).max() > 1e-2
+  # eval: the running statistics
+  ev = bn.apply(v, jnp.asarray(x[:, 0]), False)
+  np.testing.assert_allclose(
+      ev, (x[:, 0] - mean0) / np.sqrt(var0 + 1e-5) * scale + bias,
+      rtol=1e-5, atol=1e-5)

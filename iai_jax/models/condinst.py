@@ -10,12 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from iai_jax.models.inits import torch_default as _torch_default
+from iai_jax.models.inits import torch_default_bias
 from iai_jax.models.layers import Conv1x1, Conv3x3, aligned_bilinear
 from iai_jax.models.locations import STRIDES, grid_locations
 
 _xavier = nn.initializers.xavier_uniform()
 _normal001 = nn.initializers.normal(0.01)
-_kaiming_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 # Dynamic mask head: three 1x1 convs 10->8, 8->8, 8->1 (weights then biases).
 MASK_CHANNELS = 8  # F_mask channels: the 169 dynamic parameters assume 8
@@ -26,7 +27,10 @@ DYN_PARAMS = sum(DYN_WEIGHTS) + sum(DYN_BIASES)  # 169
 
 
 class FPN(nn.Module):
-  """P3..P7 from C3, C4, C5'. P6, P7: stride-2 convs on ReLU(P5 output)."""
+  """P3..P7 from C3, C4, C5'. P6 = stride-2 conv of the P5 output (no ReLU),
+  P7 = stride-2 conv of ReLU(P6): mmdet's FPN with ``add_extra_convs`` on
+  the outputs and ``relu_before_extra_convs``, which applies the ReLU from
+  the second extra level on."""
   channels: int = 256
   dtype: Any = jnp.float32
 
@@ -43,7 +47,8 @@ class FPN(nn.Module):
     x = outs[-1]
     for i in range(2):
       x = Conv3x3(self.channels, stride=2, kernel_init=_xavier,
-                  dtype=self.dtype, name=f'output_{len(lat) + i}')(nn.relu(x))
+                  dtype=self.dtype, name=f'output_{len(lat) + i}')(
+                      x if i == 0 else nn.relu(x))
       outs.append(x)
     return outs
 
@@ -111,12 +116,60 @@ class CondInstHead(nn.Module):
     return out
 
 
+class StepBatchNorm(nn.Module):
+  """BatchNorm over the clips of one time step, as torch's BatchNorm2d.
+
+  In training ``x`` holds B clips x T frames, clip-major (clip b's frame t
+  at b*T + t): each time step is normalised with its own batch statistics
+  (mean and biased variance over the B frames and all pixels), and the
+  running statistics take T updates in time order, with the unbiased
+  variance - the authors run their head once per time step. At inference
+  the running statistics. Variables as ``nn.BatchNorm``'s (params
+  scale/bias, batch_stats mean/var).
+  """
+  momentum: float = 0.9  # flax convention: new = m * old + (1 - m) * batch
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, time_steps: int = 1):
+    c = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    ra_mean = self.variable('batch_stats', 'mean',
+                            lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable('batch_stats', 'var',
+                           lambda: jnp.ones((c,), jnp.float32))
+    if not train:
+      mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
+      add = bias - ra_mean.value * mul
+      return x * mul.astype(self.dtype) + add.astype(self.dtype)
+    f = x.shape[0]
+    xt = x.astype(jnp.float32).reshape(f // time_steps, time_steps,
+                                       *x.shape[1:])
+    axes = (0,) + tuple(range(2, xt.ndim - 1))
+    mean = jnp.mean(xt, axis=axes)  # (T, C)
+    var = jnp.var(xt, axis=axes)
+    shape = (1, time_steps) + (1,) * (xt.ndim - 3) + (c,)
+    y = (xt - mean.reshape(shape)) * jax.lax.rsqrt(
+        var.reshape(shape) + self.epsilon) * scale + bias
+    if not self.is_initializing():
+      n = xt.size // (time_steps * c)
+      unbiased = var * (n / max(n - 1, 1))
+      m, rm, rv = self.momentum, ra_mean.value, ra_var.value
+      for t in range(time_steps):
+        rm = m * rm + (1 - m) * jax.lax.stop_gradient(mean[t])
+        rv = m * rv + (1 - m) * jax.lax.stop_gradient(unbiased[t])
+      ra_mean.value, ra_var.value = rm, rv
+    return y.reshape(x.shape).astype(self.dtype)
+
+
 class MaskBranch(nn.Module):
   """F_mask (8 channels, stride ``out_stride``) from P3, P4, P5.
 
-  BatchNorm here is trained: batch statistics in training (over the whole
-  batch, also when it is sharded over devices), running statistics at
-  inference. CondInst's
+  BatchNorm here is trained (:class:`StepBatchNorm`): in training the
+  statistics of each time step over the whole batch (also when it is
+  sharded over devices), running statistics at inference. CondInst's
   branch works at stride 8; ``out_stride=4`` upsamples the summed P3..P5
   features x2 (aligned bilinear) before the tower, for small frames where a
   stride-8 grid is too coarse for the masks (same parameters). With
@@ -132,12 +185,13 @@ class MaskBranch(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, feats: Sequence[jax.Array], train: bool = False):
+  def __call__(self, feats: Sequence[jax.Array], train: bool = False,
+               time_steps: int = 1):
     def conv_bn(x, name):
-      x = Conv3x3(self.channels, use_bias=False, kernel_init=_kaiming_out,
+      x = Conv3x3(self.channels, use_bias=False, kernel_init=_torch_default,
                   dtype=self.dtype, name=f'{name}_conv')(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                       epsilon=1e-5, dtype=self.dtype, name=f'{name}_bn')(x)
+      x = StepBatchNorm(self.momentum, 1e-5, dtype=self.dtype,
+                        name=f'{name}_bn')(x, train, time_steps)
       return nn.relu(x)
 
     x = None
@@ -155,7 +209,8 @@ class MaskBranch(nn.Module):
       x = aligned_bilinear(x, 2)
     for i in range(self.num_convs):
       x = conv_bn(x, f'tower_{i}')
-    x = Conv1x1(MASK_CHANNELS, kernel_init=_kaiming_out,
+    x = Conv1x1(MASK_CHANNELS, kernel_init=_torch_default,
+                bias_init=torch_default_bias(self.channels),
                 dtype=self.dtype, name='tower_out')(x)
     if self.out_stride == 4 and not early:
       x = aligned_bilinear(x, 2)
