@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from iai_jax import config_lib
+from iai_jax import preprocess
 from iai_jax.models import backbones, rollout
 from iai_jax.models import iai as iai_model
 
@@ -35,7 +35,7 @@ def frame_function(model, model_cfg):
 def frame_inputs(config, model, variables, batch: int = 1):
   """Shapes of :func:`frame_function`'s image, memory and pending write at
   the configured input size (a frame with a previous frame to write)."""
-  h, w = config_lib.padded_size(*config.input.size, config.input.size_divisor)
+  h, w = preprocess.padded_size(*config.input.size, config.input.size_divisor)
   image = jax.ShapeDtypeStruct((batch, h, w, 3), jnp.float32)
   memory = jax.eval_shape(
       lambda: rollout.empty_memory(config.model, batch, (h, w)))
@@ -66,7 +66,7 @@ def summary(config, with_flops: bool = True) -> dict:
 
 
 def format_table(result: dict, config) -> str:
-  h, w = config_lib.padded_size(*config.input.size, config.input.size_divisor)
+  h, w = preprocess.padded_size(*config.input.size, config.input.size_divisor)
   lines = [f'{"group":<34}{"parameters":>14}', '-' * 48]
   for group, info in result['groups'].items():
     lines.append(f'{group:<34}{info["total"]:>14,}')

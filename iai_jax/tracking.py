@@ -15,36 +15,35 @@ ID slots (``N`` = ``model.max_obj_num``): the ID head has N outputs; class
 seen. In the ID mask channel ``d`` holds the pixels of ID ``d`` and channel
 ``N`` the background.
 
-The rules follow the authors' evaluation code (zfonemore/IAI at 2691be9;
-``head`` = ``mmdet/models/dense_heads/iai_condinst_head.py``, ``det`` =
+The rules are the authors' (zfonemore/IAI at 2691be9; ``head`` =
+``mmdet/models/dense_heads/iai_condinst_head.py``, ``det`` =
 ``mmdet/models/detectors/iai_condinst.py``):
 
 * The issued-ID counter restarts on a video's first frame (head L644-645),
   where every kept detection is new (head L737-738), in score order.
-* Later frames: Hungarian assignment (``linear_sum_assignment`` on minus the
-  ID probabilities) of the kept detections (head L704-733 keep, L740-744)
-  to the N ID columns plus copies of the "new" column N-1 (there: a zero
-  column, from the padding at head L876-877, plus D-1 copies, so D "new"
-  columns in all; here D copies - the optimum is the same).
+* Later frames: Hungarian assignment (``linear_sum_assignment`` of minus the
+  matrix) of the kept detections (head L704-733 keep, L740-744) to the
+  columns [the N ID probabilities, a zero column (the padding of head
+  L876-877), K-1 copies of the "new" column N-1] (K kept detections).
 * A detection is new when it is on the first frame or its column is not an
   ID issued before this frame (``id_pred >= curr_max_id``, head L748-754:
-  the "new" column, an unissued ID, the padding / copies); it then takes the
-  next ID. An ID already taken in this frame also takes the next ID (head
-  L762-766; with unique Hungarian columns this only happens at the cap).
-* The cap: the counter is clamped to N-2 (head L759-760, L765-766), and the
-  video's output masks exist only for IDs below the counter (det L261-273:
-  ``idx < max_inst_id``). So IDs ``0..N-3`` (N-2 identities: 18 for
-  YouTube-VIS, 23 for OVIS) are real; every later new instance is given the
-  shared ID N-2, which is written into the memory's ID mask but never gets an
-  output mask. Here such detections are dropped instead (ID -1: no output,
-  not in the ID mask), as the design asks.
+  the "new" column, an unissued ID, the zero column, a copy); it then takes
+  the next ID. An ID already taken in this frame also takes the next ID
+  (head L762-766).
+* The cap: the counter is clamped to N-2 (head L759-760, L765-766). So IDs
+  ``0..N-3`` are given one identity each; once they are used up every later
+  new instance gets ID N-2 (they share it: in the ID mask its channel holds
+  the last one's pixels), and the video's output masks exist only for IDs
+  below the counter (det L261-273: ``idx < max_inst_id``), so ID N-2 never
+  gets one.
 * ``new_instance`` (a new instance appeared: the global memory gets this
-  frame) is set by every detection that took the "new" path, including ones
-  dropped at the cap (head L755).
+  frame) is set by every detection that took the "new" path (head L755).
 * Per video (det L283-296): each ID's class scores (class probability x
-  centerness; zero in frames without the ID) are averaged over all frames;
-  the top ``max_per_img`` (ID, class) pairs are kept if their score is above
-  0.05.
+  centerness; zero in frames without the ID; the last detection of the
+  frame with that ID wins) are averaged over all frames; the top
+  ``max_per_img`` (ID, class) pairs are kept if their score is above 0.05.
+  An ID's masks: null in the frames before it was issued, a (possibly
+  empty) RLE from the frame it was issued on.
 """
 
 from __future__ import annotations
@@ -59,17 +58,16 @@ from iai_jax.results import encode_mask
 
 # ----------------------------------------------------------------- IDs
 def match_ids(id_prob: np.ndarray) -> np.ndarray:
-  """Hungarian assignment of detections to ID classes.
+  """Hungarian assignment of detections to ID classes, the authors' way.
 
   Args:
     id_prob: (K, N) ID probabilities of K detections; column N-1 is "new".
   Returns:
-    (K,) int64: the ID class given to each detection, N-1 for "new". The
-    total probability is maximal over all assignments in which every class
-    ``0..N-2`` goes to at most one detection and any number of detections
-    are "new" (the cost matrix has K extra copies of the "new" column).
+    (K,) int64: the column each detection gets in the matrix [the N
+    probabilities, a zero column, K-1 copies of column N-1] (total
+    probability maximal; columns >= N-1 all mean "new").
   """
-  id_prob = np.asarray(id_prob, np.float64)
+  id_prob = np.asarray(id_prob, np.float32)
   if id_prob.ndim != 2:
     raise ValueError(f'id_prob must be (K, N), got shape {id_prob.shape}')
   k, n = id_prob.shape
@@ -77,30 +75,36 @@ def match_ids(id_prob: np.ndarray) -> np.ndarray:
     return np.zeros((0,), np.int64)
   if not np.all(np.isfinite(id_prob)):
     raise ValueError('id_prob of kept detections must be finite')
-  scores = np.concatenate([id_prob, np.repeat(id_prob[:, n - 1:], k, axis=1)],
+  matrix = np.concatenate([id_prob, np.zeros((k, 1), np.float32),
+                           np.repeat(id_prob[:, n - 1:], k - 1, axis=1)],
                           axis=1)
-  rows, cols = linear_sum_assignment(scores, maximize=True)
+  rows, cols = linear_sum_assignment(-matrix)
   out = np.empty((k,), np.int64)
-  out[rows] = np.minimum(cols, n - 1)
+  out[rows] = cols
   return out
 
 
 class _IdIssuer:
-  """What both trackers share: the ID cap and the per-video counters."""
+  """What both trackers share: the per-video counter and its cap."""
 
   def __init__(self, num_ids: int):
-    if num_ids < 2:
-      raise ValueError(f'num_ids (max_obj_num) must be >= 2, got {num_ids} '
-                       '(and >= 3 for any ID to be issued: IDs stop at N-2)')
+    if num_ids < 3:
+      raise ValueError(f'num_ids (max_obj_num) must be >= 3, got {num_ids} '
+                       '(IDs 0..N-2 are issued, N-1 means "new")')
     self.num_ids = int(num_ids)
-    self.max_issued = self.num_ids - 2  # IDs 0..N-3 can be issued
+    self.cap = self.num_ids - 2  # the counter never passes N-2
 
   def reset(self):
     """Starts a new video."""
     self.frames = 0
     self.num_issued = 0
     self.new_instance = False
-    self.dropped = 0
+
+  def issue(self) -> int:
+    """The next ID (N-2 again once the counter is at its cap)."""
+    i = self.num_issued
+    self.num_issued = min(self.num_issued + 1, self.cap)
+    return i
 
 
 class IdTracker(_IdIssuer):
@@ -108,14 +112,12 @@ class IdTracker(_IdIssuer):
 
   ``step(id_prob, keep)`` once per frame, in order; ``reset()`` before a new
   video. After a step, ``new_instance`` says whether a new instance appeared
-  in that frame (including one dropped at the cap), ``num_issued`` how many
-  IDs the video has given out (at most N-2) and ``dropped`` how many new
-  instances the video had to drop.
+  in that frame and ``num_issued`` is the ID counter (IDs below it have
+  output masks).
   """
 
   def __init__(self, num_ids: int):
     super().__init__(num_ids)
-    self.new_class = self.num_ids - 1   # the ID head's "new instance" class
     self.reset()
 
   def step(self, id_prob: np.ndarray, keep: np.ndarray | None = None
@@ -127,8 +129,7 @@ class IdTracker(_IdIssuer):
         detections in score order (new IDs are issued in this order).
       keep: (D,) bool, the detections that survived; None: all of them.
     Returns:
-      (D,) int32 IDs in ``0..N-3``; -1 for detections not kept and for new
-      instances dropped because the video's IDs are used up.
+      (D,) int32 IDs in ``0..N-2``; -1 for detections not kept.
     """
     id_prob = np.asarray(id_prob)
     if id_prob.ndim != 2 or id_prob.shape[1] != self.num_ids:
@@ -139,30 +140,30 @@ class IdTracker(_IdIssuer):
     if keep.shape != (d,):
       raise ValueError(f'keep must be ({d},), got shape {keep.shape}')
     rows = np.flatnonzero(keep)
-    if self.frames == 0:
-      classes = np.full((rows.size,), self.new_class, np.int64)
+    first = self.frames == 0
+    if first:
+      self.num_issued = 0
+      columns = np.full((rows.size,), self.num_ids - 1, np.int64)
     else:
-      classes = match_ids(id_prob[rows])
+      columns = match_ids(id_prob[rows])
     issued_before = self.num_issued
     ids = np.full((d,), -1, np.int32)
-    taken = set()
+    taken = []
     new_instance = False
-    for r, c in zip(rows, classes):
+    for r, c in zip(rows, columns):
       c = int(c)
-      if c >= issued_before or c in taken:
+      if first or c >= issued_before:
         new_instance = True
-        if self.num_issued >= self.max_issued:
-          self.dropped += 1
-          continue
-        c = self.num_issued
-        self.num_issued += 1
+        c = self.issue()
+      if c in taken:
+        c = self.issue()
       ids[r] = c
-      taken.add(c)
+      taken.append(c)
     self.new_instance = new_instance
     self.frames += 1
     return ids
 
-  def assign(self, id_prob: np.ndarray, masks: np.ndarray | None,
+  def assign(self, id_prob: np.ndarray, masks: Any,
              keep: np.ndarray | None = None) -> np.ndarray:
     """The online loop's call: :meth:`step` (the masks are not used)."""
     del masks
@@ -193,10 +194,10 @@ class MaskIouTracker(_IdIssuer):
   * only the previous frame counts: a track that is missing in one frame
     (missed, fully occluded) is ended, and the object gets a new ID when it
     is detected again;
-  * the cap is :class:`IdTracker`'s: IDs ``0..N-3``; later new instances are
-    dropped (ID -1) and counted in ``dropped``.
+  * the cap is :class:`IdTracker`'s: once IDs ``0..N-3`` are used up, new
+    instances share ID N-2 (which has no output masks).
 
-  ``new_instance``, ``num_issued`` and ``dropped`` mean what they mean for
+  ``new_instance`` and ``num_issued`` mean what they mean for
   :class:`IdTracker` (so the memory write of the online loop works the same).
   """
 
@@ -222,8 +223,7 @@ class MaskIouTracker(_IdIssuer):
         frames of a video at the same resolution.
       keep: (D,) bool, the detections that survived; None: all of them.
     Returns:
-      (D,) int32 IDs in ``0..N-3``; -1 for detections not kept and for new
-      instances dropped because the video's IDs are used up.
+      (D,) int32 IDs in ``0..N-2``; -1 for detections not kept.
     """
     masks = np.asarray(masks, bool)
     if masks.ndim != 3:
@@ -252,11 +252,7 @@ class MaskIouTracker(_IdIssuer):
       if ids[r] >= 0:
         continue
       new_instance = True
-      if self.num_issued >= self.max_issued:
-        self.dropped += 1
-        continue
-      ids[r] = self.num_issued
-      self.num_issued += 1
+      ids[r] = self.issue()
     tracked = np.flatnonzero(ids >= 0)
     self._prev_ids = ids[tracked].copy()
     self._prev_masks = masks[tracked].copy()
@@ -264,35 +260,35 @@ class MaskIouTracker(_IdIssuer):
     self.frames += 1
     return ids
 
-  def assign(self, id_prob: np.ndarray | None, masks: np.ndarray,
+  def assign(self, id_prob: np.ndarray | None, masks: Any,
              keep: np.ndarray | None = None) -> np.ndarray:
     """The online loop's call: :meth:`step` (the ID head is not used)."""
     del id_prob
-    return self.step(masks, keep)
+    return self.step(np.asarray(masks), keep)
 
 
 def make_tracker(config):
   """The ID tracker ``config.infer.tracker`` names, for ``config.model``."""
   e, n = config.infer, config.model.max_obj_num
-  kind = e.get('tracker', 'id_head')
-  if kind == 'id_head':
+  if e.tracker == 'id_head':
     return IdTracker(n)
-  if kind == 'mask_iou':
-    return MaskIouTracker(n, e.get('mask_iou_threshold', 0.3))
-  raise ValueError(f'infer.tracker={kind!r}: choose id_head or mask_iou')
+  if e.tracker == 'mask_iou':
+    return MaskIouTracker(n, e.mask_iou_threshold)
+  raise ValueError(f'infer.tracker={e.tracker!r}: choose id_head or mask_iou')
 
 
 # ----------------------------------------------------------------- videos
 class VideoAccumulator:
   """Collects one video's per-frame results; ``finish()`` gives its tracks.
 
-  Memory stays small for long videos: per ID a (P,) class-score sum and one
-  compressed RLE per frame where the ID is present.
+  Memory stays small for long videos: an (N, P) class-score sum and, per
+  issued ID and frame, one compressed RLE.
   """
 
-  def __init__(self, num_classes: int, max_per_img: int,
+  def __init__(self, num_classes: int, num_ids: int, max_per_img: int,
                score_thr: float = 0.05):
     self.num_classes = int(num_classes)
+    self.num_ids = int(num_ids)
     self.max_per_img = int(max_per_img)
     self.score_thr = float(score_thr)
     self.reset()
@@ -300,8 +296,8 @@ class VideoAccumulator:
   def reset(self):
     """Starts a new video."""
     self._frames = 0
-    self._sums: dict[int, np.ndarray] = {}
-    self._masks: dict[int, dict[int, dict[str, Any]]] = {}
+    self._sums = np.zeros((self.num_ids, self.num_classes), np.float64)
+    self._masks: dict[int, list] = {}
     self._size = None
 
   @property
@@ -309,44 +305,61 @@ class VideoAccumulator:
     return self._frames
 
   def add_frame(self, ids: np.ndarray, class_scores: np.ndarray,
-                masks: np.ndarray | Callable[[int], np.ndarray]):
+                masks: np.ndarray | Callable[[int], np.ndarray],
+                num_issued: int):
     """Adds the next frame.
 
     Args:
-      ids: (D,) int IDs, -1 for detections to ignore (not kept, dropped).
+      ids: (D,) int IDs, -1 for detections without one.
       class_scores: (D, P) class probability x centerness.
       masks: (D, h, w) bool masks at the original frame size, or a callable
         ``masks(d) -> (h, w) bool`` (called only for detections with an ID).
+      num_issued: the ID counter after this frame: IDs below it get a mask
+        (empty when absent) in this frame, the others none.
     """
     ids = np.asarray(ids)
-    class_scores = np.asarray(class_scores, np.float64)
+    class_scores = np.asarray(class_scores, np.float32)
     d = ids.shape[0] if ids.ndim == 1 else -1
     if ids.ndim != 1 or class_scores.shape != (d, self.num_classes):
       raise ValueError(f'ids must be (D,) and class_scores (D, '
                        f'{self.num_classes}), got {ids.shape} and '
                        f'{class_scores.shape}')
     present = np.flatnonzero(ids >= 0)
-    if len(set(ids[present].tolist())) != present.size:
-      raise ValueError(f'an ID appears twice in one frame: {ids.tolist()}')
+    if np.any(ids[present] >= self.num_ids):
+      raise ValueError(f'IDs must be below {self.num_ids}: {ids.tolist()}')
     if not np.all(np.isfinite(class_scores[present])):
       raise ValueError('class scores must be finite')
     if not callable(masks):
       masks = np.asarray(masks)
       if masks.ndim != 3 or masks.shape[0] != d:
         raise ValueError(f'masks must be ({d}, h, w), got {masks.shape}')
-    for k in present:
+    frame_scores = np.zeros((self.num_ids, self.num_classes), np.float32)
+    frame_masks = {}
+    for k in present:  # in score order: the last one with an ID wins
       i = int(ids[k])
-      if i not in self._sums:
-        self._sums[i] = np.zeros((self.num_classes,), np.float64)
-        self._masks[i] = {}
-      self._sums[i] += class_scores[k]
-      rle = encode_mask(masks(int(k)) if callable(masks) else masks[k])
+      frame_scores[i] = class_scores[k]
+      frame_masks[i] = masks(int(k)) if callable(masks) else masks[k]
+    self._sums += frame_scores
+    shape = None
+    for m in frame_masks.values():
+      shape = m.shape
+    for i in range(min(int(num_issued), self.num_ids)):
+      if i not in self._masks:
+        self._masks[i] = [None] * self._frames
+      if i in frame_masks:
+        rle = encode_mask(frame_masks[i])
+      else:
+        if shape is None and self._size is None:
+          raise ValueError('the frame size is not known yet: pass masks of '
+                           'shape (D, h, w)')
+        size = shape or tuple(self._size)
+        rle = encode_mask(np.zeros(size, bool))
       if self._size is None:
-        self._size = rle['size']
-      elif rle['size'] != self._size:
+        self._size = tuple(rle['size'])
+      elif tuple(rle['size']) != self._size:
         raise ValueError(f'mask size {rle["size"]} differs from the video\'s '
-                         f'earlier masks {self._size}')
-      self._masks[i][self._frames] = rle
+                         f'earlier masks {list(self._size)}')
+      self._masks[i].append(rle)
     self._frames += 1
 
   def finish(self) -> list[dict[str, Any]]:
@@ -356,23 +369,21 @@ class VideoAccumulator:
     where the ID is absent); the top ``max_per_img`` (ID, class) pairs with a
     score above ``score_thr`` (ties: lower ID, then lower class first) become
     tracks: dicts with 'id', 'label' (0-based class), 'score' (float) and
-    'segmentations' (one compressed RLE with str counts per frame, None where
-    the ID is absent). The same ID can give several tracks (one per class).
+    'segmentations' (per frame: a compressed RLE with str counts from the
+    frame the ID was issued on, None before; all None for an ID that never
+    got masks). The same ID can give several tracks (one per class).
     """
-    if self._frames == 0 or not self._sums:
+    if self._frames == 0:
       return []
-    order_ids = sorted(self._sums)
-    mean = np.stack([self._sums[i] for i in order_ids]) / self._frames
+    mean = (self._sums / self._frames).astype(np.float32)
     flat = mean.reshape(-1)
     order = np.argsort(-flat, kind='stable')[:self.max_per_img]
     tracks = []
     for o in order:
       if not flat[o] > self.score_thr:
-        break
-      row, label = divmod(int(o), self.num_classes)
-      i = order_ids[row]
-      per_frame = self._masks[i]
+        continue
+      i, label = divmod(int(o), self.num_classes)
+      segs = self._masks.get(i, [None] * self._frames)
       tracks.append({'id': i, 'label': label, 'score': float(flat[o]),
-                     'segmentations': [per_frame.get(f)
-                                       for f in range(self._frames)]})
+                     'segmentations': list(segs)})
     return tracks

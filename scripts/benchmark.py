@@ -55,7 +55,6 @@ def bench_data(args) -> dict:
       config.dataset.train_frames = 'JPEGImages'
       config.dataset.heldout_fraction = 0.0
       config.input.size = (360, 640)
-      config.input.train_max_long = 640
       config.train.batch_size = args.batch
     t = time.time()
     synthetic.generate(tmp, num_videos=args.videos, num_frames=20, height=360,
@@ -81,11 +80,11 @@ def bench_frame(args) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from iai_jax import config_lib, summary
+  from iai_jax import config_lib, preprocess, summary
   from iai_jax.models import build_model, empty_memory, init_variables
 
   config = config_lib.make_config('ytvis19', args.variant)
-  h, w = config_lib.padded_size(*config.input.size, config.input.size_divisor)
+  h, w = preprocess.padded_size(*config.input.size, config.input.size_divisor)
   model = build_model(config.model)
   variables = init_variables(model, jax.random.key(0))
   frame = jax.jit(summary.frame_function(model, config.model),
@@ -131,7 +130,6 @@ def bench_train(args) -> dict:
   h, w = args.train_size
   with config.unlocked():
     config.input.size = (h, w)
-    config.input.train_max_long = w
     config.train.batch_size = 1
     if args.bf16:
       config.model.dtype = 'bfloat16'
@@ -148,7 +146,16 @@ def bench_train(args) -> dict:
       present[0, t, k] = True
   id_target = np.where(present, np.arange(n)[None, None], -1).astype(np.int32)
   id_target[0, 0, :3] = n - 1
+  masks = id_map[..., None] == np.arange(n)  # (1, T, h, w, n)
+  area = np.maximum(masks.sum(axis=(2, 3)), 1e-6)
+  center = np.stack([(masks * np.arange(w)[:, None]).sum(axis=(2, 3)) / area,
+                     (masks * np.arange(h)[:, None, None]).sum(axis=(2, 3))
+                     / area], axis=-1).astype(np.float32)
   batch = {'image': rng.integers(0, 255, (1, t_len, h, w, 3), dtype=np.uint8),
+           'image_size': np.broadcast_to(np.asarray([h, w], np.int32),
+                                         (1, t_len, 2)),
+           'center': center,
+           'mask4': np.moveaxis(masks[:, :, 2::4, 2::4], -1, 2).astype(np.uint8),
            'id_map': id_map, 'box': box, 'present': present,
            'label': np.array([[0, 1, 2] + [-1] * (n - 3)], np.int32),
            'id_target': id_target,

@@ -11,80 +11,85 @@ from iai_jax import tracking
 
 
 # ----------------------------------------------------------------- references
-def brute_force_match(id_prob):
-  """Best assignment by enumeration: classes < N-1 at most once, N-1 any times."""
+def authors_matrix(id_prob):
+  """The authors' cost matrix: N probabilities, a zero column, K-1 copies of
+  the "new" column N-1 (iai_condinst_head.py L740-744 with the padding of
+  L876-877)."""
   k, n = id_prob.shape
-  best, best_total = None, -np.inf
-  for choice in itertools.product(range(n), repeat=k):
-    real = [c for c in choice if c != n - 1]
-    if len(real) != len(set(real)):
-      continue
-    total = sum(id_prob[r, c] for r, c in enumerate(choice))
-    if total > best_total:
-      best, best_total = np.array(choice), total
-  return best if best is not None else np.zeros((0,), int), best_total
+  return np.concatenate([id_prob, np.zeros((k, 1)),
+                         np.repeat(id_prob[:, n - 1:], k - 1, axis=1)], axis=1)
+
+
+def brute_force_total(id_prob):
+  """Best total of an injective row -> column assignment, by enumeration."""
+  if id_prob.shape[0] == 0:
+    return 0.0
+  m = authors_matrix(id_prob)
+  k, c = m.shape
+  best = -np.inf
+  for cols in itertools.permutations(range(c), k):
+    best = max(best, sum(m[r, col] for r, col in enumerate(cols)))
+  return best
 
 
 class ReferenceTracker:
-  """The issuance rules written out plainly, matching by enumeration."""
+  """The authors' issuance loop (head L735-772) written out plainly; the
+  matched columns are given (they come from the Hungarian step)."""
 
   def __init__(self, n):
     self.n = n
-    self.issued = 0
+    self.curr = 0
     self.first = True
 
-  def step(self, id_prob, keep):
+  def step(self, columns, keep):
     rows = [r for r in range(len(keep)) if keep[r]]
-    if self.first:
-      classes = [self.n - 1] * len(rows)
-    else:
-      classes = list(brute_force_match(id_prob[rows])[0])
-    self.first = False
-    before = self.issued
+    curr_max = self.curr
     ids = [-1] * len(keep)
     used = []
-    for r, c in zip(rows, classes):
-      if c == self.n - 1 or c >= before or c in used:
-        if self.issued == self.n - 2:   # IDs 0..N-3 only
-          continue
-        c = self.issued
-        self.issued += 1
+    for r, c in zip(rows, columns):
+      if self.first or c >= curr_max:
+        c = self.curr
+        self.curr = min(self.curr + 1, self.n - 2)
+      if c in used:
+        c = self.curr
+        self.curr = min(self.curr + 1, self.n - 2)
       ids[r] = c
       used.append(c)
+    self.first = False
     return np.array(ids)
 
 
 # ----------------------------------------------------------------- matching
-def test_match_ids_equals_brute_force_on_random_cases():
+def test_match_ids_is_an_optimal_assignment_of_the_authors_matrix():
   rng = np.random.default_rng(0)
   for _ in range(150):
-    n = int(rng.integers(2, 6))
-    k = int(rng.integers(0, 5))
-    p = rng.random((k, n))
+    n = int(rng.integers(3, 6))
+    k = int(rng.integers(0, 4))
+    p = rng.random((k, n)).astype(np.float32)
     if rng.random() < 0.3:   # peaked rows, like a trained ID head
       p = p ** 4
     got = tracking.match_ids(p)
-    want, want_total = brute_force_match(p)
-    assert got.shape == (k,)
-    np.testing.assert_array_equal(got, want)
-    real = got[got != n - 1]
-    assert len(set(real.tolist())) == real.size
-    if k:
-      assert np.isclose(p[np.arange(k), got].sum(), want_total)
+    assert got.shape == (k,) and len(set(got.tolist())) == k
+    assert (got < n + k).all()
+    total = authors_matrix(p)[np.arange(k), got].sum() if k else 0.0
+    assert np.isclose(total, brute_force_total(p), atol=1e-6)
 
 
 def test_match_ids_lets_every_detection_be_new():
-  # All detections prefer "new" over any existing ID: all of them get it.
+  # All detections prefer "new" over any existing ID: each gets column N-1,
+  # a copy of it, or (worth 0) the zero column N - all "new".
   p = np.full((6, 4), 0.05)
   p[:, 3] = 0.9
-  np.testing.assert_array_equal(tracking.match_ids(p), [3] * 6)
+  cols = tracking.match_ids(p)
+  assert sorted(cols.tolist()) == [3] + list(range(5, 10))
 
 
 def test_match_ids_resolves_a_contested_id():
   # Both want ID 0; the assignment maximising the sum gives it to row 1.
   p = np.array([[0.8, 0.0, 0.0, 0.75],
                 [0.9, 0.0, 0.0, 0.1]])
-  np.testing.assert_array_equal(tracking.match_ids(p), [3, 0])
+  cols = tracking.match_ids(p)
+  assert cols[1] == 0 and cols[0] in (3, 5)
 
 
 def test_match_ids_rejects_nan():
@@ -101,15 +106,17 @@ def _onehot_prob(classes, n, hi=0.9, lo=0.02):
 
 def test_tracker_equals_reference_on_random_videos():
   rng = np.random.default_rng(1)
-  for _ in range(40):
-    n = int(rng.integers(3, 6))
+  for _ in range(60):
+    n = int(rng.integers(3, 7))
     tr, ref = tracking.IdTracker(n), ReferenceTracker(n)
-    for _ in range(int(rng.integers(1, 7))):
+    for _ in range(int(rng.integers(1, 8))):
       d = int(rng.integers(0, 5))
-      p = rng.random((d, n)) ** 3
+      p = (rng.random((d, n)) ** 3).astype(np.float32)
       keep = rng.random(d) < 0.8
-      np.testing.assert_array_equal(tr.step(p, keep), ref.step(p, keep))
-    assert tr.num_issued == ref.issued <= n - 2
+      rows = np.flatnonzero(keep)
+      cols = tracking.match_ids(p[rows]) if not ref.first else [0] * rows.size
+      np.testing.assert_array_equal(tr.step(p, keep), ref.step(cols, keep))
+      assert tr.num_issued == ref.curr <= n - 2
 
 
 def test_first_frame_every_detection_is_new_in_order():
@@ -155,17 +162,19 @@ def test_not_kept_detections_do_not_take_part():
   np.testing.assert_array_equal(ids, [-1, 0])
 
 
-def test_cap_issues_ids_below_n_minus_2_and_drops_later_new_instances():
-  n = 5  # IDs 0, 1, 2 (N-2 = 3 identities); 3 is the overflow slot, 4 "new"
+def test_at_the_cap_new_instances_share_id_n_minus_2():
+  # N = 5: IDs 0, 1, 2 are given one identity each; the counter then stays
+  # at N-2 = 3 and every later new instance gets ID 3 (the authors' clamp).
+  n = 5
   tr = tracking.IdTracker(n)
-  ids = tr.step(_onehot_prob([4, 4, 4, 4], n), None)
-  np.testing.assert_array_equal(ids, [0, 1, 2, -1])
-  assert tr.num_issued == 3 and tr.dropped == 1 and tr.new_instance
-  # Later: the known IDs still match; the "new" one and the one pointing at
-  # the never-issued slot N-2 are dropped, but a new instance did appear.
+  ids = tr.step(_onehot_prob([4, 4, 4, 4, 4], n), None)
+  np.testing.assert_array_equal(ids, [0, 1, 2, 3, 3])
+  assert tr.num_issued == 3 and tr.new_instance
+  # Later: the known IDs still match; "new" ones and the one pointing at
+  # slot 3 (not issued before: the counter is 3) get ID 3 again.
   ids = tr.step(_onehot_prob([2, 4, 3, 0], n), None)
-  np.testing.assert_array_equal(ids, [2, -1, -1, 0])
-  assert tr.new_instance and tr.dropped == 3 and tr.num_issued == 3
+  np.testing.assert_array_equal(ids, [2, 3, 3, 0])
+  assert tr.new_instance and tr.num_issued == 3
   ids = tr.step(_onehot_prob([1], n), None)
   np.testing.assert_array_equal(ids, [1])
   assert not tr.new_instance
@@ -178,7 +187,9 @@ def test_id_taken_twice_in_a_frame_gets_the_next_id(monkeypatch):
   monkeypatch.setattr(tracking, 'match_ids', lambda p: np.array([1, 1, 0]))
   ids = tr.step(np.zeros((3, 8)), None)
   np.testing.assert_array_equal(ids, [1, 2, 0])
-  assert tr.new_instance
+  # the authors set new_inst_exists only on the "new column" path (head
+  # L748-755), not when a taken ID is replaced
+  assert not tr.new_instance
 
 
 def test_empty_first_frame_then_all_new_and_reset():
@@ -203,28 +214,34 @@ def test_tracker_checks_shapes():
 
 
 # ----------------------------------------------------------------- ID masks
-def test_online_id_map_has_the_training_layout():
-  """The online loop's ID label map (inference.id_map_from_detections) and
-  its one-hot, as written into the memory: channel d = ID d, channel N =
-  background, the same layout as training's targets.id_mask_from_map."""
-  import jax
-  from iai_jax import inference, targets
+def test_id_mask_as_the_authors_write_it():
+  """postprocess.id_mask: channel d = the pixels of the last detection with
+  ID d, channel N = where no detection with an ID is; the same layout as
+  training's targets.id_mask_from_map where IDs are unique."""
+  from iai_jax import postprocess, targets
   n = 6
-  masks = np.zeros((4, 5, 7), bool)
+  masks = np.zeros((5, 5, 7), bool)
   masks[0, 0:2, 0:3] = True          # ID 3
   masks[1, 2:4, 2:6] = True          # ID 0
-  masks[2, 4, :] = True              # no ID: ignored
-  masks[3, 3:5, 6] = True            # ID 4 (= N-2, the largest allowed)
-  ids = np.array([3, 0, -1, 4], np.int32)
-  label = np.asarray(inference.id_map_from_detections(masks, ids, n))
-  assert label.dtype == np.int32 and label.shape == (5, 7)
-  assert label[0, 0] == 3 and label[1, 2] == 3 and label[2, 3] == 0
-  assert label[3, 6] == 4 and label[4, 6] == 4
-  assert label[4, 0] == n and label[2, 0] == n   # background is channel N
-  onehot = np.asarray(jax.nn.one_hot(label, n + 1))
+  masks[2, 4, :] = True              # no ID: background
+  masks[3, 3:5, 6] = True            # ID 4 (= N-2)
+  masks[4, 0, 5:7] = True            # ID 4 again (at the cap): the last wins
+  ids = np.array([3, 0, -1, 4, 4], np.int32)
+  out = np.asarray(postprocess.id_mask(masks, ids, n))
+  assert out.shape == (5, 7, n + 1) and out.dtype == np.float32
+  np.testing.assert_array_equal(out[..., 3], masks[0])
+  np.testing.assert_array_equal(out[..., 0], masks[1])
+  np.testing.assert_array_equal(out[..., 4], masks[4])  # det 3 overwritten
+  for c in (1, 2, 5):
+    assert not out[..., c].any()
+  np.testing.assert_array_equal(out[..., n], ~(masks[[0, 1, 3, 4]].any(0)))
+  # det 3's pixels: no channel set (as the authors' overwrite leaves them)
+  assert (out[3:5, 6].sum(-1) == 0).all()
+  # unique IDs: the one-hot of the ID map, as training writes it
+  label = np.where(masks[0], 3, np.where(masks[1], 0, n))
   ref = np.asarray(targets.id_mask_from_map(label[None], n))[0]
-  np.testing.assert_array_equal(onehot, ref)
-  np.testing.assert_array_equal(ref.argmax(-1), label)
+  np.testing.assert_array_equal(
+      np.asarray(postprocess.id_mask(masks[:2], ids[:2], n)), ref)
 
 
 # ----------------------------------------------------------------- RLE
@@ -254,21 +271,26 @@ def _frame_masks(d, h, w, fill):
   return m
 
 
+def _dec(seg):
+  return None if seg is None else results_lib.decode_mask(seg)
+
+
 def test_video_scores_are_averaged_over_all_frames_with_absent_as_zero():
-  p = 3
-  acc = tracking.VideoAccumulator(p, max_per_img=10)
+  p, n = 3, 5
+  acc = tracking.VideoAccumulator(p, n, max_per_img=10)
   h, w = 6, 8
   masks = _frame_masks(2, h, w, [(0, 2, 0, 2), (3, 6, 4, 8)])
-  # frame 0: ID 0 (class 1: 0.8), ID 2 (class 0: 0.2)
+  # frame 0: ID 0 (class 1: 0.8), ID 2 (class 0: 0.2); counter at 3
   acc.add_frame(np.array([0, 2]), np.array([[0.1, 0.8, 0.0], [0.2, 0.0, 0.0]]),
-                masks)
+                masks, 3)
   # frame 1: ID 0 again (class 1: 0.8, class 2: 0.4); one ignored detection
   acc.add_frame(np.array([-1, 0]), np.array([[0.9, 0.9, 0.9], [0.0, 0.8, 0.4]]),
-                masks)
+                masks, 3)
   # frame 2: nothing
-  acc.add_frame(np.zeros((0,), int), np.zeros((0, p)), np.zeros((0, h, w), bool))
+  acc.add_frame(np.zeros((0,), int), np.zeros((0, p)),
+                np.zeros((0, h, w), bool), 3)
   # frame 3: ID 1 (class 2: 0.3)
-  acc.add_frame(np.array([1]), np.array([[0.0, 0.0, 0.3]]), masks[1:])
+  acc.add_frame(np.array([1]), np.array([[0.0, 0.0, 0.3]]), masks[1:], 3)
   assert acc.num_frames == 4
   tracks = acc.finish()
   got = [(t['id'], t['label'], round(t['score'], 6)) for t in tracks]
@@ -278,30 +300,52 @@ def test_video_scores_are_averaged_over_all_frames_with_absent_as_zero():
   for t in tracks:
     assert len(t['segmentations']) == 4
     assert isinstance(t['score'], float)
+  # an issued ID has a mask in every frame, empty where it is absent
   seg0 = tracks[0]['segmentations']
-  assert seg0[2] is None and seg0[3] is None
-  np.testing.assert_array_equal(results_lib.decode_mask(seg0[0]), masks[0])
-  np.testing.assert_array_equal(results_lib.decode_mask(seg0[1]), masks[1])
+  np.testing.assert_array_equal(_dec(seg0[0]), masks[0])
+  np.testing.assert_array_equal(_dec(seg0[1]), masks[1])
+  assert not _dec(seg0[2]).any() and not _dec(seg0[3]).any()
   seg1 = tracks[2]['segmentations']
-  assert seg1[:3] == [None, None, None]
-  np.testing.assert_array_equal(results_lib.decode_mask(seg1[3]), masks[1])
+  assert [_dec(s).sum() for s in seg1[:3]] == [0, 0, 0]
+  np.testing.assert_array_equal(_dec(seg1[3]), masks[1])
+
+
+def test_masks_start_at_issuance_and_never_for_the_cap_id():
+  """An ID's masks are null before the frame it was issued on; the shared
+  cap ID N-2 (not below the counter) never gets one; the last detection of
+  a frame with an ID wins its scores and mask."""
+  p, n, h, w = 2, 4, 3, 3
+  acc = tracking.VideoAccumulator(p, n, max_per_img=10)
+  a, b, c = _frame_masks(3, h, w, [(0, 1, 0, 1), (1, 2, 1, 2), (2, 3, 2, 3)])
+  acc.add_frame(np.array([0]), np.array([[0.9, 0.0]]), a[None], 1)
+  acc.add_frame(np.array([0, 1, 2, 2]),
+                np.array([[0.9, 0.0], [0.0, 0.8], [0.7, 0.0], [0.0, 0.6]]),
+                np.stack([a, b, c, a]), 2)  # counter 2: IDs 0, 1 have masks
+  tracks = {(t['id'], t['label']): t for t in acc.finish()}
+  assert set(tracks) == {(0, 0), (1, 1), (2, 1)}  # ID 2: its last (class 1)
+  assert np.isclose(tracks[(0, 0)]['score'], 0.9)
+  assert np.isclose(tracks[(2, 1)]['score'], 0.3)
+  seg1 = tracks[(1, 1)]['segmentations']
+  assert seg1[0] is None
+  np.testing.assert_array_equal(_dec(seg1[1]), b)
+  assert tracks[(2, 1)]['segmentations'] == [None, None]
 
 
 def test_video_keeps_the_top_max_per_img_pairs():
   p = 4
-  acc = tracking.VideoAccumulator(p, max_per_img=3)
+  acc = tracking.VideoAccumulator(p, 8, max_per_img=3)
   scores = np.array([[0.9, 0.3, 0.6, 0.0],
                      [0.2, 0.7, 0.0, 0.0],
                      [0.0, 0.0, 0.0, 0.5]])
-  acc.add_frame(np.array([4, 2, 7]), scores, np.ones((3, 2, 2), bool))
-  got = [(t['id'], t['label'], t['score']) for t in acc.finish()]
+  acc.add_frame(np.array([4, 2, 6]), scores, np.ones((3, 2, 2), bool), 6)
+  got = [(t['id'], t['label'], round(t['score'], 6)) for t in acc.finish()]
   assert got == [(4, 0, 0.9), (2, 1, 0.7), (4, 2, 0.6)]
 
 
 def test_video_threshold_is_strict_and_configurable():
-  acc = tracking.VideoAccumulator(1, max_per_img=5, score_thr=0.3)
+  acc = tracking.VideoAccumulator(1, 4, max_per_img=5, score_thr=0.3)
   acc.add_frame(np.array([0, 1]), np.array([[0.3], [0.31]]),
-                np.ones((2, 1, 1), bool))
+                np.ones((2, 1, 1), bool), 2)
   assert [t['id'] for t in acc.finish()] == [1]
 
 
@@ -312,27 +356,27 @@ def test_video_masks_callable_only_for_detections_with_ids():
     calls.append(d)
     return np.eye(3, dtype=bool)
 
-  acc = tracking.VideoAccumulator(2, max_per_img=5)
-  acc.add_frame(np.array([-1, 0, -1, 1]), np.full((4, 2), 0.5), masks)
+  acc = tracking.VideoAccumulator(2, 4, max_per_img=5)
+  acc.add_frame(np.array([-1, 0, -1, 1]), np.full((4, 2), 0.5), masks, 2)
   assert calls == [1, 3]
   tracks = acc.finish()
   assert len(tracks) == 4
-  np.testing.assert_array_equal(
-      results_lib.decode_mask(tracks[0]['segmentations'][0]), np.eye(3, dtype=bool))
+  np.testing.assert_array_equal(_dec(tracks[0]['segmentations'][0]),
+                                np.eye(3, dtype=bool))
 
 
 def test_video_accumulator_checks_and_edge_cases():
-  acc = tracking.VideoAccumulator(2, max_per_img=5)
+  acc = tracking.VideoAccumulator(2, 4, max_per_img=5)
   assert acc.finish() == []
-  acc.add_frame(np.array([-1]), np.zeros((1, 2)), np.zeros((1, 2, 2), bool))
+  acc.add_frame(np.array([-1]), np.zeros((1, 2)), np.zeros((1, 2, 2), bool), 0)
   assert acc.finish() == []   # frames but no IDs
-  with pytest.raises(ValueError, match='twice'):
-    acc.add_frame(np.array([3, 3]), np.zeros((2, 2)), np.zeros((2, 2, 2), bool))
+  with pytest.raises(ValueError, match='below 4'):
+    acc.add_frame(np.array([4]), np.zeros((1, 2)), np.zeros((1, 2, 2), bool), 1)
   with pytest.raises(ValueError, match='class_scores'):
-    acc.add_frame(np.array([0]), np.zeros((1, 3)), np.zeros((1, 2, 2), bool))
-  acc.add_frame(np.array([0]), np.ones((1, 2)), np.zeros((1, 2, 2), bool))
+    acc.add_frame(np.array([0]), np.zeros((1, 3)), np.zeros((1, 2, 2), bool), 1)
+  acc.add_frame(np.array([0]), np.ones((1, 2)), np.zeros((1, 2, 2), bool), 1)
   with pytest.raises(ValueError, match='size'):
-    acc.add_frame(np.array([0]), np.ones((1, 2)), np.zeros((1, 3, 2), bool))
+    acc.add_frame(np.array([0]), np.ones((1, 2)), np.zeros((1, 3, 2), bool), 1)
   acc.reset()
   assert acc.num_frames == 0 and acc.finish() == []
 
@@ -341,7 +385,7 @@ def test_tracker_and_accumulator_together():
   """A scripted 3-frame video: IDs persist, tracks collect the right masks."""
   n, p, h, w = 5, 2, 4, 4
   tr = tracking.IdTracker(n)
-  acc = tracking.VideoAccumulator(p, max_per_img=10)
+  acc = tracking.VideoAccumulator(p, n, max_per_img=10)
   a = _frame_masks(1, h, w, [(0, 2, 0, 2)])[0]
   b = _frame_masks(1, h, w, [(2, 4, 2, 4)])[0]
   frames = [
@@ -351,11 +395,10 @@ def test_tracker_and_accumulator_together():
   ]
   for prob, cls, ms in frames:
     ids = tr.step(prob, None)
-    acc.add_frame(ids, np.array(cls), np.array(ms))
+    acc.add_frame(ids, np.array(cls), np.array(ms), tr.num_issued)
   tracks = acc.finish()
   assert [(t['id'], t['label']) for t in tracks] == [(0, 0), (1, 1)]
   assert np.isclose(tracks[0]['score'], 0.9) and np.isclose(tracks[1]['score'], 0.4)
-  dec = lambda s: None if s is None else results_lib.decode_mask(s)
-  np.testing.assert_array_equal(dec(tracks[0]['segmentations'][1]), a)
-  np.testing.assert_array_equal(dec(tracks[1]['segmentations'][1]), b)
-  assert tracks[1]['segmentations'][2] is None
+  np.testing.assert_array_equal(_dec(tracks[0]['segmentations'][1]), a)
+  np.testing.assert_array_equal(_dec(tracks[1]['segmentations'][1]), b)
+  assert not _dec(tracks[1]['segmentations'][2]).any()  # absent: empty RLE
