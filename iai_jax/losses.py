@@ -13,12 +13,13 @@ per-frame loss is (section 4 of the design card)
   centerness target and divided by the sum of centerness targets;
 * L_ctr: binary cross-entropy with logits on centerness over the positives,
   divided by max(num_pos, 1);
-* L_mask: dice loss of ``max_mask_samples`` positive locations per frame
-  (dynamic mask head at stride 8, aligned-bilinear x2 to stride 4, sigmoid)
-  against the assigned instance's stride-4 ground truth, averaged over the
-  sampled locations.
+* L_mask: dice loss of every positive location (dynamic mask head at the
+  mask features' stride, aligned bilinear to stride 4, sigmoid) against its
+  instance's own stride-4 ground truth, divided by the number of positives.
 
-:func:`iai_losses` computes each part per frame and averages over frames.
+:func:`iai_losses` sums each part over the clips of one time step, divides
+by that step's normaliser (over the whole batch, as the authors' per-step
+``reduce_mean`` across GPUs does), and averages the steps.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from iai_jax.models.condinst import dynamic_mask_head, mask_logits_at_stride4
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
 DICE_EPS = 1e-5
-GIOU_EPS = 1e-7
+GIOU_EPS = 1e-6  # mmdet's GIoULoss
 LOSS_KEYS = ('cls', 'id', 'box', 'ctr', 'mask')
 
 
@@ -184,27 +185,39 @@ def flatten_levels(per_level):
       [x.reshape(x.shape[0], -1, x.shape[-1]) for x in per_level], axis=1)
 
 
-def iai_losses(outputs: dict, targets: dict, *, max_mask_samples: int = 64,
-               key=None,
+# At most 3 x 3 locations of a level lie strictly inside an instance's
+# centre region (1.5 strides either side of its centre of mass), and the size
+# ranges let an instance have positives on at most two levels.
+MAX_POSITIVES_PER_INSTANCE = 18
+
+
+def iai_losses(outputs: dict, targets: dict, *, time_steps: int = 1,
+               max_mask_samples: int = 0, key=None,
                focal_alpha: float = FOCAL_ALPHA,
                focal_gamma: float = FOCAL_GAMMA,
                strides: tuple = locations.STRIDES) -> dict:
-  """The IAI losses of F frames.
+  """The IAI losses of F = B x T frames (clip-major: clip b's frame t at
+  b*T + t), as the authors' head computes them once per time step.
 
   Args:
     outputs: :meth:`IAI.decode` output: lists 'cls' (F,h,w,P), 'id'
       (F,h,w,N), 'reg' (F,h,w,4), 'ctr' (F,h,w,1), 'ctrl' (F,h,w,169) over the
-      levels, and 'mask_feats' (F, H/8, W/8, 8).
+      levels, and 'mask_feats' (F, H/s, W/s, 8).
     targets: :func:`iai_jax.targets.batch_targets` of the same F frames:
       'cls_target', 'id_target', 'gt_index' (F, L) int, 'reg_target'
       (F, L, 4), 'ctr_target' (F, L), 'ignore' (F, L) bool and 'mask_target'
       (F, M, H/4, W/4).
-    max_mask_samples: K, positive locations per frame for the mask loss.
-    key: optional PRNG key for choosing the mask samples (see
-      :func:`select_mask_samples`); deterministic without.
+    time_steps: T.
+    max_mask_samples: 0 (the recipe): the mask loss of every positive
+      location (static bound: min(L, 18 M) per frame, never reached);
+      K > 0: a random K of them per frame (less memory).
+    key: PRNG key for that random choice.
   Returns:
-    {'cls', 'id', 'box', 'ctr', 'mask', 'total'} scalars: each part is
-    normalised per frame, then averaged over the frames; total = their sum.
+    {'cls', 'id', 'box', 'ctr', 'mask', 'total'} scalars. For each time step
+    the sums over the B clips are divided by the step's normalisers (number
+    of positive locations; the sum of centerness targets for the box loss;
+    the number of mask samples for the dice loss); the T step losses are
+    averaged; total = the sum of the five.
   """
   shapes = locations.output_level_shapes(outputs)
   locs, loc_strides, _ = locations.location_table(shapes, tuple(strides))
@@ -219,37 +232,47 @@ def iai_losses(outputs: dict, targets: dict, *, max_mask_samples: int = 64,
   if targets['cls_target'].shape != (f, n_loc):
     raise ValueError(f'targets for {targets["cls_target"].shape} locations, '
                      f'outputs have {(f, n_loc)}')
+  if f % time_steps:
+    raise ValueError(f'{f} frames are not clips of {time_steps} time steps')
+
+  def per_step(x):  # (F,) per-frame sums -> (T,) sums over the clips
+    return x.reshape(f // time_steps, time_steps).sum(axis=0)
 
   gt_index = targets['gt_index']
   pos = (gt_index >= 0).astype(jnp.float32)  # (F, L)
   weight = 1.0 - targets['ignore'].astype(jnp.float32)
   ctr_t = targets['ctr_target'].astype(jnp.float32) * pos
 
-  num_pos = pos.sum(axis=1)  # (F,)
-  pos_norm = jnp.maximum(num_pos, 1.0)
-  ctr_norm = jnp.maximum(ctr_t.sum(axis=1), 1e-6)
+  pos_norm = jnp.maximum(per_step(pos.sum(axis=1)), 1.0)  # (T,)
+  ctr_norm = jnp.maximum(per_step(ctr_t.sum(axis=1)), 1e-6)
 
   focal = jax.vmap(lambda x, t, w: focal_loss_sum(x, t, w, focal_alpha,
                                                   focal_gamma))
-  cls_f = focal(cls, targets['cls_target'], weight) / pos_norm
-  id_f = focal(ids, targets['id_target'], weight) / pos_norm
+  cls_t = per_step(focal(cls, targets['cls_target'], weight)) / pos_norm
+  id_t = per_step(focal(ids, targets['id_target'], weight)) / pos_norm
   box_l = giou_loss(reg, targets['reg_target'])  # (F, L)
-  box_f = jnp.sum(jnp.where(pos > 0, box_l, 0.0) * ctr_t, axis=1) / ctr_norm
+  box_t = per_step(jnp.sum(jnp.where(pos > 0, box_l, 0.0) * ctr_t,
+                           axis=1)) / ctr_norm
   ctr_l = bce_with_logits(ctr, targets['ctr_target'])
-  ctr_f = jnp.sum(ctr_l * pos, axis=1) / pos_norm
+  ctr_t_loss = per_step(jnp.sum(ctr_l * pos, axis=1)) / pos_norm
 
+  m = targets['mask_target'].shape[1]
+  if max_mask_samples:
+    num_samples = max_mask_samples
+  else:
+    num_samples, key = min(n_loc, MAX_POSITIVES_PER_INSTANCE * m), None
   keys = None if key is None else jax.random.split(key, f)
   mask_fn = lambda mf, c, g, mt, k: mask_loss_frame(
-      mf, c, g, mt, locs, loc_strides, max_mask_samples, k)
+      mf, c, g, mt, locs, loc_strides, num_samples, k)
   if keys is None:
     m_sum, m_cnt = jax.vmap(lambda a, b, c, d: mask_fn(a, b, c, d, None))(
         outputs['mask_feats'], ctrl, gt_index, targets['mask_target'])
   else:
     m_sum, m_cnt = jax.vmap(mask_fn)(outputs['mask_feats'], ctrl, gt_index,
                                      targets['mask_target'], keys)
-  mask_f = m_sum / jnp.maximum(m_cnt, 1.0)
+  mask_t = per_step(m_sum) / jnp.maximum(per_step(m_cnt), 1.0)
 
-  out = {'cls': cls_f.mean(), 'id': id_f.mean(), 'box': box_f.mean(),
-         'ctr': ctr_f.mean(), 'mask': mask_f.mean()}
+  out = {'cls': cls_t.mean(), 'id': id_t.mean(), 'box': box_t.mean(),
+         'ctr': ctr_t_loss.mean(), 'mask': mask_t.mean()}
   out['total'] = sum(out[k] for k in LOSS_KEYS)
   return out

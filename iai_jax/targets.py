@@ -3,12 +3,13 @@
 Ground truth of one frame (``M`` = padded number of instances, ``H, W`` =
 padded input size):
 
-  boxes  (M, 4) float  x1, y1, x2, y2 in input pixels (x2, y2 exclusive)
-  labels (M,) int      class index
-  ids    (M,) int      ID target in [0, N-1] (N-1 = "new")
-  masks  (M, H, W)     bool / uint8 instance masks at input resolution
-  valid  (M,) bool     False for padding (and crowd) entries
-  ignore (H, W) bool   crowd / dropped regions
+  boxes   (M, 4) float  x1, y1, x2, y2 in input pixels (x2, y2 exclusive)
+  labels  (M,) int      class index
+  ids     (M,) int      ID target in [0, N-1] (N-1 = "new")
+  centers (M, 2) float  (x, y) centre of mass of each instance's mask
+  mask4   (M, H/4, W/4) each instance's own mask sampled at stride 4
+  valid   (M,) bool     False for padding entries
+  ignore  (H, W) bool   dropped-instance regions
 
 The locations of all FPN levels are concatenated (P3..P7, each row-major), as
 :mod:`iai_jax.models.locations` lays them out.  A location is a candidate for instance m
@@ -16,8 +17,8 @@ when
 
 * it lies strictly inside the centre-sampling region: the square of
   half-size ``radius * stride`` around the centre of mass of m's mask
-  (pixel-index coordinates, as CondInst computes it; the box centre when the
-  mask is empty), clipped to m's box;
+  (pixel-index coordinates, as CondInst computes it; (0, 0) for an empty
+  mask, as the authors' code gives), clipped to m's box;
 * the largest of its regression distances (l, t, r, b) to m's box lies in
   the level's size range.  By default both ends are inclusive, as in the
   FCOS / AdelaiDet assigner (``lo <= max <= hi``);
@@ -41,7 +42,6 @@ from iai_jax.models.locations import STRIDES, location_table
 SIZES_OF_INTEREST = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0),
                      (256.0, 512.0), (512.0, math.inf))
 CENTER_RADIUS = 1.5
-MASK_STRIDE = 4  # stride of the mask loss (ground truth sampled at offset 2)
 IGNORE_LABEL = 254  # ``iai_jax.data.pipeline.IGNORE`` in the id_map
 _INF = 1e8
 
@@ -60,22 +60,18 @@ def size_ranges(shapes: tuple, sizes: tuple = SIZES_OF_INTEREST):
   return lo, hi
 
 
-def mask_centers(masks, boxes):
-  """(M, H, W) masks, (M, 4) boxes -> (M, 2) (x, y) centres of mass.
+def mask_centers(masks):
+  """(M, H, W) masks -> (M, 2) (x, y) centres of mass.
 
-  Pixel-index coordinates (pixel (i, j) counts at x=j, y=i); an empty mask
-  falls back to its box centre.
+  Pixel-index coordinates (pixel (i, j) counts at x=j, y=i); (0, 0) for an
+  empty mask (the authors divide by max(area, 1e-6)).
   """
   m = masks.astype(jnp.float32)
   h, w = m.shape[-2:]
-  area = m.sum(axis=(-2, -1))
+  area = jnp.maximum(m.sum(axis=(-2, -1)), 1e-6)
   cx = jnp.einsum('mhw,w->m', m, jnp.arange(w, dtype=jnp.float32))
   cy = jnp.einsum('mhw,h->m', m, jnp.arange(h, dtype=jnp.float32))
-  safe = jnp.maximum(area, 1.0)
-  box_c = jnp.stack([(boxes[:, 0] + boxes[:, 2]) * 0.5,
-                     (boxes[:, 1] + boxes[:, 3]) * 0.5], axis=-1)
-  mass_c = jnp.stack([cx / safe, cy / safe], axis=-1)
-  return jnp.where((area > 0)[:, None], mass_c, box_c)
+  return jnp.stack([cx / area, cy / area], axis=-1)
 
 
 def centerness(reg):
@@ -88,7 +84,7 @@ def centerness(reg):
   return jnp.where(ok, jnp.sqrt(jnp.where(ok, lr * tb, 1.0)), 0.0)
 
 
-def assign_locations(boxes, labels, ids, masks, valid, ignore, *,
+def assign_locations(boxes, labels, ids, centers, valid, ignore, *,
                      shapes: tuple, strides: tuple = STRIDES,
                      sizes: tuple = SIZES_OF_INTEREST,
                      radius: float = CENTER_RADIUS,
@@ -96,8 +92,8 @@ def assign_locations(boxes, labels, ids, masks, valid, ignore, *,
   """FCOS assignment of one frame's instances to all levels' locations.
 
   Args:
-    boxes, labels, ids, masks, valid, ignore: one frame's ground truth (see
-      the module docstring).
+    boxes, labels, ids, centers, valid, ignore: one frame's ground truth
+      (see the module docstring).
     shapes: static ((h, w), ...) of the levels
       (:func:`iai_jax.models.locations.level_shapes`).
   Returns a dict over the L concatenated locations:
@@ -117,7 +113,7 @@ def assign_locations(boxes, labels, ids, masks, valid, ignore, *,
   x1, y1, x2, y2 = (boxes[None, :, i] for i in range(4))  # (1, M)
   reg = jnp.stack([xs - x1, ys - y1, x2 - xs, y2 - ys], axis=-1)  # (L, M, 4)
 
-  centers = mask_centers(masks, boxes)
+  centers = centers.astype(jnp.float32)
   rad = jnp.asarray(stride)[:, None] * radius  # (L, 1)
   cx, cy = centers[None, :, 0], centers[None, :, 1]
   sx1 = jnp.maximum(cx - rad, x1)
@@ -159,7 +155,7 @@ def assign_locations(boxes, labels, ids, masks, valid, ignore, *,
   }
 
 
-def mask_targets(masks, stride: int = MASK_STRIDE):
+def mask_targets(masks, stride: int = 4):
   """(M, H, W) -> (M, H/stride, W/stride) float32 samples at offset
   stride//2 (``masks[:, 2::4, 2::4]`` for stride 4)."""
   return masks[:, stride // 2::stride, stride // 2::stride].astype(jnp.float32)
@@ -168,18 +164,18 @@ def mask_targets(masks, stride: int = MASK_STRIDE):
 def fcos_targets(gt: dict, *, shapes: tuple, strides: tuple = STRIDES,
                  sizes: tuple = SIZES_OF_INTEREST,
                  radius: float = CENTER_RADIUS,
-                 range_lower_inclusive: bool = True,
-                 mask_stride: int = MASK_STRIDE) -> dict:
+                 range_lower_inclusive: bool = True) -> dict:
   """All targets of one frame: :func:`assign_locations`' dict plus
-  'mask_target' (M, H/4, W/4) float32.
+  'mask_target' (M, H/4, W/4) float32 (``gt['mask4']``).
 
-  ``gt`` holds 'boxes', 'labels', 'ids', 'masks', 'valid', 'ignore'.
+  ``gt`` holds 'boxes', 'labels', 'ids', 'centers', 'mask4', 'valid',
+  'ignore'.
   """
-  out = assign_locations(gt['boxes'], gt['labels'], gt['ids'], gt['masks'],
+  out = assign_locations(gt['boxes'], gt['labels'], gt['ids'], gt['centers'],
                          gt['valid'], gt['ignore'], shapes=shapes,
                          strides=strides, sizes=sizes, radius=radius,
                          range_lower_inclusive=range_lower_inclusive)
-  out['mask_target'] = mask_targets(gt['masks'], mask_stride)
+  out['mask_target'] = gt['mask4'].astype(jnp.float32)
   return out
 
 
@@ -188,31 +184,6 @@ def batch_targets(gt: dict, *, shapes: tuple, **kwargs) -> dict:
   entry (F, ...)."""
   fn = functools.partial(fcos_targets, shapes=shapes, **kwargs)
   return jax.vmap(fn)(gt)
-
-
-def gt_from_id_map(id_map, box, label, id_target, present):
-  """One frame's ground-truth dict from the data pipeline's outputs.
-
-  Args:
-    id_map: (H, W) uint8 clip-instance number per pixel (255 background,
-      254 ignore).
-    box: (M, 4) x1, y1, x2, y2 (exclusive) of each instance's visible mask.
-    label: (M,) class, -1 for padding.
-    id_target: (M,) ID target, -1 where absent.
-    present: (M,) bool.
-  """
-  m = box.shape[0]
-  id_map = id_map.astype(jnp.int32)
-  masks = id_map[None] == jnp.arange(m, dtype=jnp.int32)[:, None, None]
-  valid = present.astype(bool) & (label >= 0) & (id_target >= 0)
-  return {
-      'boxes': box.astype(jnp.float32),
-      'labels': jnp.maximum(label, 0).astype(jnp.int32),
-      'ids': jnp.maximum(id_target, 0).astype(jnp.int32),
-      'masks': masks,
-      'valid': valid,
-      'ignore': id_map == IGNORE_LABEL,
-  }
 
 
 # ----------------------------------------------------------------- clips
@@ -231,10 +202,18 @@ def id_mask_from_map(id_map, num_ids: int):
 def clip_ground_truth(batch):
   """Per-frame ground-truth dicts (leading dim B*T, clip-major) from a batch
   of clips of :mod:`iai_jax.data.pipeline`."""
-  b, t_len, h, w = batch['id_map'].shape
+  b, t_len = batch['id_map'].shape[:2]
   m = batch['label'].shape[-1]
-  labels = jnp.broadcast_to(batch['label'][:, None], (b, t_len, m))
   fold = lambda x: x.reshape(b * t_len, *x.shape[2:])
-  return jax.vmap(gt_from_id_map)(
-      fold(batch['id_map']), fold(batch['box']), fold(labels),
-      fold(batch['id_target']), fold(batch['present']))
+  label = jnp.broadcast_to(batch['label'][:, None], (b, t_len, m))
+  id_target = batch['id_target']
+  valid = batch['present'].astype(bool) & (label >= 0) & (id_target >= 0)
+  return {
+      'boxes': fold(batch['box']).astype(jnp.float32),
+      'labels': fold(jnp.maximum(label, 0)).astype(jnp.int32),
+      'ids': fold(jnp.maximum(id_target, 0)).astype(jnp.int32),
+      'centers': fold(batch['center']).astype(jnp.float32),
+      'mask4': fold(batch['mask4']),
+      'valid': fold(valid),
+      'ignore': fold(batch['id_map']) == IGNORE_LABEL,
+  }

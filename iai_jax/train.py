@@ -29,7 +29,7 @@ import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from iai_jax import checkpoints
+from iai_jax import checkpoints, preprocess
 from iai_jax import losses as losses_lib
 from iai_jax import targets as targets_lib
 from iai_jax.data import pipeline
@@ -44,11 +44,16 @@ def clip_forward(model, params, batch_stats, batch, rng, config, train=True):
   """Network outputs of every frame of a batch of clips, frames folded
   (clip-major, leading dim B*T), and the new batch_stats."""
   net = rollout.Applied(model, {'params': params, 'batch_stats': batch_stats})
-  images = iai_model.normalize_images(batch['image'], config.input)
+  images = preprocess.normalize(batch['image'], batch['image_size'],
+                                config.input)
   n = config.model.max_obj_num
+  # The authors' training never writes a frame into the global memory for
+  # a new instance (their test compares with N after the targets were
+  # rewritten to N-1); train.new_instance_memory_writes=True does.
+  new = batch['new_instance'] & config.train.new_instance_memory_writes
   out = rollout.teacher_forced_clip(
       net, images, config.model, id_masks=batch['id_map'],
-      new_instance=batch['new_instance'],
+      new_instance=new,
       id_mask_of=lambda id_map: targets_lib.id_mask_from_map(id_map, n),
       rng=rng, train=train, unroll=kernels.scan_unroll(config.train.scan_unroll))
   return out, net.batch_stats
@@ -61,6 +66,7 @@ def clip_loss(model, params, batch_stats, batch, rng, config):
       targets_lib.clip_ground_truth(batch),
       shapes=locations.output_level_shapes(out))
   parts = losses_lib.iai_losses(out, targets,
+                                time_steps=batch['id_map'].shape[1],
                                 max_mask_samples=config.train.max_mask_samples,
                                 key=jax.random.fold_in(rng, 1))
   return parts['total'], (parts, new_stats)
@@ -161,7 +167,7 @@ def train(config, workdir: str, *, source=None, log=print, stop_after: int | Non
     jax.distributed.initialize()
   if source is None:
     source = tfds_builder.open_split(config, 'train')
-  steps_per_epoch = max(1, len(source) // t.batch_size)
+  steps_per_epoch = pipeline.steps_per_epoch(config, len(source))
   total_steps = t.steps or t.epochs * steps_per_epoch
 
   model = iai_model.build_model(config.model)

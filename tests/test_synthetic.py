@@ -180,7 +180,6 @@ def test_round_trip_synthetic_to_grain_clips_keeps_masks(tmp_path, fmt):
     cfg.dataset.train_frames = 'JPEGImages'
     cfg.dataset.heldout_fraction = 0.25
     cfg.input.size = (h, w)
-    cfg.input.train_max_long = w
     cfg.train.clip_len = num_frames
     cfg.train.max_stride = 1
     cfg.train.flip = False
@@ -204,24 +203,31 @@ def test_round_trip_synthetic_to_grain_clips_keeps_masks(tmp_path, fmt):
 
   checked = 0
   for vid, clip in clips.items():
-    np.testing.assert_array_equal(clip['frame_index'], np.arange(num_frames))
-    np.testing.assert_array_equal(clip['image_size'], [h, w])
-    masks = [_masks_from_json(a['segmentations'], h, w)
-             for a in raw['annotations'] if a['video_id'] == vid]
-    # clip instances are numbered by first appearance (ties: JSON order)
-    first = sorted((next(f for f, m in enumerate(seq) if m is not None), k)
-                   for k, seq in enumerate(masks))
+    anns = sorted((a for a in raw['annotations'] if a['video_id'] == vid),
+                  key=lambda a: a['id'])
+    masks = [_masks_from_json(a['segmentations'], h, w) for a in anns]
+    # only frames with an instance are drawn; with stride 1 and clips as
+    # long as the video: all of them, repeated cyclically when too few
+    valid = [f for f in range(num_frames)
+             if any(m[f] is not None for m in masks)]
+    expect_idx = [valid[i % len(valid)] for i in range(num_frames)]
+    np.testing.assert_array_equal(clip['frame_index'], expect_idx)
+    np.testing.assert_array_equal(clip['image_size'], [[h, w]] * num_frames)
+    # clip instances are numbered in ascending annotation (track) id order
     id_map = clip['id_map'][:, :h, :w]
-    for j, (_, k) in enumerate(first):
-      for f in range(num_frames):
-        expect = masks[k][f] if masks[k][f] is not None else np.zeros((h, w), bool)
-        np.testing.assert_array_equal(id_map[f] == j, expect)
+    for j, seq in enumerate(masks):
+      for t, f in enumerate(expect_idx):
+        expect = seq[f] if seq[f] is not None else np.zeros((h, w), bool)
+        np.testing.assert_array_equal(id_map[t] == j, expect)
+        np.testing.assert_array_equal(clip['mask4'][t, j],
+                                      expect[2::4, 2::4])
         checked += 1
-    assert ((id_map < len(first)) | (id_map == pipeline.BACKGROUND)).all()
+    assert ((id_map < len(masks)) | (id_map == pipeline.BACKGROUND)).all()
     # the frames are the JPEGs of the dataset, pixel for pixel
     video = next(v for v in raw['videos'] if v['id'] == vid)
-    for f in (0, num_frames - 1):
+    for t in (0, num_frames - 1):
+      f = expect_idx[t]
       jpeg = open(tmp_path / 'JPEGImages' / video['file_names'][f], 'rb').read()
-      np.testing.assert_array_equal(clip['image'][f, :h, :w],
+      np.testing.assert_array_equal(clip['image'][t, :h, :w],
                                     pipeline.decode_jpeg(jpeg))
   assert checked > 0

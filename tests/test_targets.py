@@ -41,8 +41,23 @@ def _gt(boxes, masks=None, labels=None, ids=None, valid=None, ignore=None,
           'ignore': ign}
 
 
+def _with_centers(gt):
+  """The targets take each mask's centre of mass and stride-4 samples (what
+  the data pipeline computes); here from the full masks, in numpy."""
+  g = dict(gt)
+  masks = g.pop('masks')
+  centers = np.zeros(masks.shape[:1] + (2,), np.float32)
+  for m in range(masks.shape[0]):
+    ys, xs = np.nonzero(masks[m])
+    if len(xs):
+      centers[m] = xs.mean(), ys.mean()
+  g['centers'] = centers
+  g['mask4'] = masks[:, 2::4, 2::4].astype(np.uint8)
+  return g
+
+
 def _assign(gt, **kw):
-  g = {k: jnp.asarray(v) for k, v in gt.items()}
+  g = {k: jnp.asarray(v) for k, v in _with_centers(gt).items()}
   out = T.fcos_targets(g, shapes=SHAPES, **kw)
   return {k: np.asarray(v) for k, v in out.items()}
 
@@ -60,8 +75,7 @@ def _reference(gt, lower_inclusive=True):
             continue
           x1, y1, x2, y2 = (float(v) for v in gt['boxes'][m])
           ys, xs = np.nonzero(gt['masks'][m])
-          cx, cy = ((xs.mean(), ys.mean()) if len(xs)
-                    else ((x1 + x2) / 2, (y1 + y2) / 2))
+          cx, cy = (xs.mean(), ys.mean()) if len(xs) else (0.0, 0.0)
           rx1, ry1 = max(cx - 1.5 * s, x1), max(cy - 1.5 * s, y1)
           rx2, ry2 = min(cx + 1.5 * s, x2), min(cy + 1.5 * s, y2)
           if not (rx1 < x < rx2 and ry1 < y < ry2):
@@ -254,7 +268,8 @@ def test_ignore_regions_and_padding():
 def test_empty_frame_and_batched_vmap_jit():
   gts = [_gt([[8, 8, 40, 40], [0, 0, 64, 64]]), _gt([], m=4),
          _gt([[40, 40, 52, 60]], valid=[False])]
-  batch = {k: jnp.asarray(np.stack([g[k] for g in gts])) for k in gts[0]}
+  cg = [_with_centers(g) for g in gts]
+  batch = {k: jnp.asarray(np.stack([g[k] for g in cg])) for k in cg[0]}
   fn = jax.jit(lambda g: T.batch_targets(g, shapes=SHAPES))
   out = {k: np.asarray(v) for k, v in fn(batch).items()}
   assert out['gt_index'].shape == (3, 129)
@@ -274,18 +289,39 @@ def test_mask_targets_offset_two():
   np.testing.assert_array_equal(t, m[:, 2::4, 2::4])
 
 
-def test_gt_from_id_map():
-  id_map = np.full((H, W), 255, np.uint8)
-  id_map[8:40, 8:40] = 0
-  id_map[20:30, 20:30] = 1
-  id_map[50:60, 0:10] = 254
-  box = np.array([[8, 8, 40, 40], [20, 20, 30, 30], [0, 0, 0, 0]], np.float32)
-  g = T.gt_from_id_map(jnp.asarray(id_map), jnp.asarray(box),
-                       jnp.asarray([4, 2, -1]), jnp.asarray([19, 19, -1]),
-                       jnp.asarray([True, True, False]))
-  np.testing.assert_array_equal(g['masks'][0], id_map == 0)
-  np.testing.assert_array_equal(g['masks'][1], id_map == 1)
-  assert not np.any(g['masks'][2])
-  np.testing.assert_array_equal(g['ignore'], id_map == 254)
-  np.testing.assert_array_equal(g['valid'], [True, True, False])
-  np.testing.assert_array_equal(g['labels'], [4, 2, 0])
+def test_clip_ground_truth_from_a_batch():
+  """targets.clip_ground_truth: clip-major frames, labels broadcast over
+  time, valid = present & real instance & ID target, ignore from the id_map."""
+  b, t, m = 2, 3, 4
+  rng = np.random.default_rng(0)
+  id_map = np.full((b, t, H, W), 255, np.uint8)
+  id_map[1, 2, 50:60, 0:10] = 254
+  batch = {
+      'id_map': id_map,
+      'label': np.array([[4, 2, -1, -1], [1, -1, -1, -1]], np.int32),
+      'id_target': np.where(rng.random((b, t, m)) < 0.5, m - 1, -1
+                            ).astype(np.int32),
+      'present': rng.random((b, t, m)) < 0.7,
+      'box': rng.uniform(0, 50, (b, t, m, 4)).astype(np.float32),
+      'center': rng.uniform(0, 50, (b, t, m, 2)).astype(np.float32),
+      'mask4': rng.integers(0, 2, (b, t, m, H // 4, W // 4), dtype=np.uint8),
+  }
+  batch['id_target'][0, 0, 0] = 0
+  batch['present'][0, 0, 0] = True
+  g = {k: np.asarray(v) for k, v in T.clip_ground_truth(
+      {k: jnp.asarray(v) for k, v in batch.items()}).items()}
+  assert g['boxes'].shape == (b * t, m, 4)
+  for clip in range(b):
+    for step in range(t):
+      f = clip * t + step  # clip-major
+      np.testing.assert_array_equal(g['boxes'][f], batch['box'][clip, step])
+      np.testing.assert_array_equal(g['centers'][f], batch['center'][clip, step])
+      np.testing.assert_array_equal(g['mask4'][f], batch['mask4'][clip, step])
+      want = (batch['present'][clip, step] & (batch['label'][clip] >= 0)
+              & (batch['id_target'][clip, step] >= 0))
+      np.testing.assert_array_equal(g['valid'][f], want)
+      np.testing.assert_array_equal(g['labels'][f],
+                                    np.maximum(batch['label'][clip], 0))
+  assert g['valid'][0, 0] and g['ids'][0, 0] == 0
+  np.testing.assert_array_equal(g['ignore'][5], id_map[1, 2] == 254)
+  assert not g['ignore'][:5].any()

@@ -20,7 +20,7 @@ def _rle(mask):
   return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))['counts']
 
 
-def make_record(h=32, w=64, frames=6, tracks=()):
+def make_record(h=32, w=64, frames=6, tracks=(), track_ids=None, video_id=7):
   """tracks: list of (label, iscrowd, {frame: (y0, y1, x0, x1)})."""
   rle = []
   for _, _, boxes in tracks:
@@ -33,9 +33,10 @@ def make_record(h=32, w=64, frames=6, tracks=()):
       else:
         rle.append(b'')
   return {
-      'video_id': 7, 'height': h, 'width': w,
+      'video_id': video_id, 'height': h, 'width': w,
       'frames': [_jpeg(h, w, 10 * f) for f in range(frames)],
-      'track_id': np.arange(len(tracks)),
+      'track_id': (np.arange(len(tracks)) if track_ids is None
+                   else np.asarray(track_ids)),
       'label': np.asarray([t[0] for t in tracks], np.int32),
       'iscrowd': np.asarray([t[1] for t in tracks], bool),
       'rle': np.asarray(rle, object),

@@ -1,38 +1,48 @@
 """The grain clip pipeline: static-shape training batches from TFDS records.
 
 One record is one video (see :mod:`iai_jax.data.tfds_builder`). A training
-example is a clip of ``train.clip_len`` frames of one video:
+example is a clip of ``train.clip_len`` (T) frames of one video, drawn as
+the authors' ``YTVOSDataset`` draws it:
 
-* frames: a random start, then ``clip_len - 1`` random strides in
-  1..``train.max_stride``; the start is drawn so that the clip fits the video,
-  and a video shorter than the clip repeats its last frame;
-* the same augmentation for every frame of the clip: resize keeping the ratio
-  (shorter side to ``input.size[0]`` or a random choice of
-  ``input.train_short_sides``, longer side at most ``input.size[1]`` /
-  ``input.train_max_long``), a random horizontal flip, padding to one fixed
-  bucket;
-* instances: the non-crowd tracks visible in the clip, renumbered 0..K-1 in
-  the order they first appear (K capped at ``max_obj_num - 1``; the others
-  become ignore regions), padded to ``max_obj_num``.
+* an epoch is ``train.clips_per_video`` (5) clips of every video, in a
+  fresh random order;
+* only frames with at least one (non-crowd) instance of positive area can
+  be drawn; with fewer than T such frames they repeat cyclically
+  (0, 1, 2, 0, 1);
+* a start uniform in [0, L - T] over those frames, then T - 1 strides, each
+  uniform in 1..min(``train.max_stride``, frames left for the remaining
+  strides);
+* the clip's instances (non-crowd tracks present in one of its frames) are
+  numbered 0..K-1 in ascending order of their track id; K is capped at
+  N - 1 (``model.max_obj_num`` - 1): further instances become ignore
+  regions (the authors' code has no cap and gives them colliding IDs);
+* every frame is augmented on its own: resized keeping the ratio to the
+  fixed ``input.size`` or, with ``input.train_scale_range``, to a (long,
+  short) scale drawn once per clip or per frame (``input.train_scale_per``)
+  with OpenCV's bilinear (masks nearest); flipped horizontally with
+  probability 0.5 (``train.flip``); padded into one fixed bucket (frames
+  that do not fit, i.e. portrait ones, are shrunk further).
 
-Everything an instance needs is carried by one ``id_map`` per frame (uint8,
-input resolution): the clip-instance number covering the pixel (a pixel
-covered by several instances belongs to the smallest), ``IGNORE`` for crowd
-regions and dropped instances, ``BACKGROUND`` elsewhere (padding included).
-Masks, the one-hot ID mask of the memory and the stride-4 mask targets are all
-derived from it on the device, so a clip costs ~1 MB instead of one
-full-resolution mask per instance.
-
-Batch (per clip; the batch stacks clips in front):
-  image (T, H, W, 3) uint8 RGB, not normalised
-  id_map (T, H, W) uint8
+Per clip (a batch stacks clips in front; M = ``model.max_obj_num``):
+  image (T, H, W, 3) uint8 RGB, not normalised (normalised and its padding
+    zeroed on the device, :func:`iai_jax.preprocess.normalize`)
+  image_size (T, 2) int32 each frame's resized, unpadded (h, w)
+  id_map (T, H, W) uint8: the clip-instance number of each pixel (a pixel
+    of several instances belongs to the smallest; equal areas: the lowest
+    number), ``IGNORE`` for dropped instances, ``BACKGROUND`` elsewhere
+    (crowd regions and padding included) - what the memory is written with
   label (M,) int32 class of each clip instance, -1 for padding
-  box (T, M, 4) float32 x1, y1, x2, y2 (x2, y2 exclusive) of the visible mask
-  present (T, M) bool
-  id_target (T, M) int32: k if instance k was seen in an earlier frame of the
-    clip, N-1 ("new") in the frame it first appears, -1 where absent
+  box (T, M, 4) float32 x1, y1, x2, y2: the instance's box in the original
+    frame (its mask's, x2/y2 exclusive) scaled to the frame and clipped to
+    it, then flipped with the frame
+  center (T, M, 2) float32 (x, y) centre of mass of the resized mask (0, 0
+    for an empty mask), for the centre sampling of the targets
+  mask4 (T, M, H/4, W/4) uint8: each instance's own resized mask sampled at
+    stride 4, offset 2 (the mask loss's ground truth; overlaps kept)
+  present (T, M) bool: the instance has positive area in this frame
+  id_target (T, M) int32: k if instance k was present in an earlier frame of
+    the clip, N-1 ("new") in the frame it first appears, -1 where absent
   new_instance (T,) bool: some instance first appears in this frame
-  image_size (2,) int32: the resized, unpadded (h, w)
   video_id () int32, frame_index (T,) int32
 """
 
@@ -45,36 +55,63 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from iai_jax import config_lib
+from iai_jax import preprocess
 
 BACKGROUND = 255
 IGNORE = 254
 
 
 def bucket_size(config) -> tuple[int, int]:
-  """The fixed padded (H, W) every training clip is padded to."""
+  """The fixed padded (H, W) every training frame is padded into."""
   i = config.input
-  short = max(i.train_short_sides) if i.train_short_sides else i.size[0]
-  long = i.train_max_long if i.train_short_sides else i.size[1]
-  return config_lib.padded_size(short, long, i.size_divisor)
+  short, long = i.size
+  if i.train_scale_range:
+    long = max(lg for lg, _ in i.train_scale_range)
+    short = max(s for _, s in i.train_scale_range)
+  return preprocess.padded_size(short, long, i.size_divisor)
 
 
-def sample_clip_indices(num_frames: int, clip_len: int, max_stride: int,
-                        rng: np.random.Generator) -> np.ndarray:
-  """Frame indices of one clip (see the module docstring)."""
-  strides = rng.integers(1, max_stride + 1, size=clip_len - 1)
-  span = int(strides.sum())
-  start = int(rng.integers(0, max(num_frames - span, 1)))
-  idx = start + np.concatenate([[0], np.cumsum(strides)])
-  return np.minimum(idx, num_frames - 1).astype(np.int32)
+def draw_scale(config, rng: np.random.Generator) -> tuple[int, int]:
+  """(short, long) a frame is resized to: ``input.size``, or with
+  ``input.train_scale_range`` ((long_lo, short_lo), (long_hi, short_hi)) a
+  long edge and a short edge drawn uniformly and independently (mmdet's
+  'range' multi-scale mode)."""
+  i = config.input
+  if not i.train_scale_range:
+    return tuple(i.size)
+  (long_lo, short_lo), (long_hi, short_hi) = i.train_scale_range
+  long = int(rng.integers(min(long_lo, long_hi), max(long_lo, long_hi) + 1))
+  short = int(rng.integers(min(short_lo, short_hi), max(short_lo, short_hi) + 1))
+  return short, long
 
 
-def resized_size(h: int, w: int, short: int, long: int,
-                 bucket: tuple[int, int]) -> tuple[int, int]:
-  scale = min(short / min(h, w), long / max(h, w))
-  nh, nw = h * scale, w * scale
-  fit = min(bucket[0] / nh, bucket[1] / nw, 1.0)  # portrait videos
-  return max(1, int(round(nh * fit))), max(1, int(round(nw * fit)))
+def sample_clip_frames(valid_frames, clip_len: int, max_stride: int,
+                       rng: np.random.Generator) -> np.ndarray:
+  """Frame indices of one clip, drawn among ``valid_frames`` (module doc)."""
+  frames = list(valid_frames)
+  n = len(frames)
+  if n == 0:
+    raise ValueError('no frame to draw a clip from')
+  if n < clip_len:
+    frames = frames + [frames[i % n] for i in range(n, clip_len)]
+    n = clip_len
+  cur = int(rng.integers(0, n - clip_len + 1))
+  out = [frames[cur]]
+  for left in range(clip_len - 1, 0, -1):
+    cur += int(rng.integers(1, min(max_stride, n - cur - left) + 1))
+    out.append(frames[cur])
+  return np.asarray(out, np.int32)
+
+
+def fit_size(height: int, width: int, short: int, long: int,
+             bucket: tuple[int, int]) -> tuple[int, int]:
+  """The resized (h, w) of a frame, shrunk further when it does not fit
+  the bucket (portrait frames in a landscape bucket)."""
+  nh, nw = preprocess.rescale_size(height, width, short, long)
+  if nh > bucket[0] or nw > bucket[1]:
+    fit = min(bucket[0] / nh, bucket[1] / nw)
+    nh, nw = max(1, int(nh * fit)), max(1, int(nw * fit))
+  return nh, nw
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
@@ -82,48 +119,44 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     return np.asarray(im.convert('RGB'))
 
 
-def _decode_rle(counts: bytes, h: int, w: int) -> np.ndarray | None:
+def _rle(counts: bytes, h: int, w: int) -> dict | None:
   if not counts:
     return None
-  return mask_utils.decode({'size': [h, w], 'counts': counts}).astype(bool)
+  return {'size': [h, w], 'counts': counts}
 
 
-def paint_id_map(masks: list, crowd: np.ndarray | None, h: int, w: int
+def paint_id_map(masks: list, ignore: np.ndarray | None, h: int, w: int
                  ) -> np.ndarray:
   """One frame's id_map: masks[k] (bool (h, w) or None) -> uint8 map.
 
   Larger instances are painted first, so a pixel shared by several instances
-  ends with the smallest; crowd pixels not covered by an instance -> IGNORE.
+  ends with the smallest (equal areas: the lowest k); ``ignore`` pixels not
+  covered by an instance -> IGNORE.
   """
   out = np.full((h, w), BACKGROUND, np.uint8)
-  if crowd is not None:
-    out[crowd] = IGNORE
-  areas = [(-(m.sum()) if m is not None else 0, k) for k, m in enumerate(masks)]
-  for _, k in sorted(areas):
-    m = masks[k]
-    if m is not None:
-      out[m] = k if k < IGNORE else IGNORE
+  if ignore is not None:
+    out[ignore] = IGNORE
+  order = sorted((-int(m.sum()), -k) for k, m in enumerate(masks)
+                 if m is not None)
+  for _, neg_k in order:
+    out[masks[-neg_k]] = -neg_k
   return out
 
 
-def clip_targets(id_map: np.ndarray, max_obj_num: int):
-  """Boxes, presence and ID targets from (T, H, W) id_maps."""
-  t_len = id_map.shape[0]
+def clip_targets(present: np.ndarray, max_obj_num: int):
+  """ID targets and new-instance flags from (T, M) presence."""
   m = max_obj_num
-  box = np.zeros((t_len, m, 4), np.float32)
-  present = np.zeros((t_len, m), bool)
-  for t in range(t_len):
-    for k in np.unique(id_map[t]):
-      if k >= m:
-        continue
-      ys, xs = np.nonzero(id_map[t] == k)
-      present[t, k] = True
-      box[t, k] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
   seen_before = np.cumsum(present, axis=0) - present > 0
   id_target = np.where(present, np.where(seen_before, np.arange(m)[None],
                                           m - 1), -1).astype(np.int32)
   new_instance = (present & ~seen_before).any(axis=1)
-  return box, present, id_target, new_instance
+  return id_target, new_instance
+
+
+def _mask_box(mask: np.ndarray) -> np.ndarray:
+  ys, xs = np.nonzero(mask)
+  return np.asarray([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1],
+                    np.float32)
 
 
 def make_training_clip(record: dict, rng: np.random.Generator, config
@@ -133,63 +166,91 @@ def make_training_clip(record: dict, rng: np.random.Generator, config
   n_ids = config.model.max_obj_num
   h, w = int(record['height']), int(record['width'])
   num_frames = len(record['frames'])
-  idx = sample_clip_indices(num_frames, t_len, config.train.max_stride, rng)
-
   labels = np.asarray(record['label'], np.int32)
+  track_ids = np.asarray(record['track_id'], np.int64)
   crowd = np.asarray(record['iscrowd'], bool)
   num_tracks = len(labels)
   rles = np.asarray(record['rle'], dtype=object).reshape(num_tracks, num_frames)
-  # decode the clip's masks; order the non-crowd tracks by first appearance
-  masks = [[_decode_rle(rles[k, f], h, w) for f in idx] for k in range(num_tracks)]
-  first_seen = []
+  area = np.zeros((num_tracks, num_frames), np.int64)
   for k in range(num_tracks):
-    if crowd[k]:
-      continue
-    vis = [t for t in range(t_len) if masks[k][t] is not None and masks[k][t].any()]
-    if vis:
-      first_seen.append((vis[0], k))
-  order = [k for _, k in sorted(first_seen)]
-  keep, dropped = order[:n_ids - 1], order[n_ids - 1:]
+    for f in range(num_frames):
+      rle = _rle(rles[k, f], h, w)
+      if rle is not None:
+        area[k, f] = int(mask_utils.area(rle))
+  valid = ((area > 0) & ~crowd[:, None]).any(axis=0)
+  frames = np.flatnonzero(valid) if valid.any() else np.arange(num_frames)
+  idx = sample_clip_frames(frames, t_len, config.train.max_stride, rng)
+
+  in_clip = [k for k in range(num_tracks)
+             if not crowd[k] and (area[k, idx] > 0).any()]
+  in_clip.sort(key=lambda k: track_ids[k])
+  keep, dropped = in_clip[:n_ids - 1], in_clip[n_ids - 1:]
 
   bucket = bucket_size(config)
   i = config.input
-  if i.train_short_sides:
-    short = int(rng.choice(np.asarray(i.train_short_sides)))
-    long = i.train_max_long
-  else:
-    short, long = i.size
-  nh, nw = resized_size(h, w, short, long, bucket)
-  flip = bool(rng.random() < 0.5) if config.train.flip else False
+  per_frame_scale = bool(i.train_scale_range) and i.train_scale_per == 'frame'
+  scale = draw_scale(config, rng)
 
   images = np.zeros((t_len, *bucket, 3), np.uint8)
   id_map = np.full((t_len, *bucket), BACKGROUND, np.uint8)
+  image_size = np.zeros((t_len, 2), np.int32)
+  box = np.zeros((t_len, n_ids, 4), np.float32)
+  center = np.zeros((t_len, n_ids, 2), np.float32)
+  mask4 = np.zeros((t_len, n_ids, bucket[0] // 4, bucket[1] // 4), np.uint8)
+  present = np.zeros((t_len, n_ids), bool)
   for t, f in enumerate(idx):
+    if per_frame_scale and t > 0:
+      scale = draw_scale(config, rng)
     img = decode_jpeg(record['frames'][f])
     if img.shape[:2] != (h, w):
       raise ValueError(f'video {int(record["video_id"])}: frame {int(f)} is '
                        f'{img.shape[1]}x{img.shape[0]}, the record says {w}x{h}')
-    ignore = np.zeros((h, w), bool)
-    for k in np.nonzero(crowd)[0].tolist() + dropped:
-      if masks[k][t] is not None:
-        ignore |= masks[k][t]
-    frame_map = paint_id_map([masks[k][t] for k in keep], ignore, h, w)
-    if (nh, nw) != (h, w):
-      img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
-      frame_map = np.asarray(Image.fromarray(frame_map).resize((nw, nh),
-                                                               Image.NEAREST))
+    nh, nw = fit_size(h, w, scale[0], scale[1], bucket)
+    flip = bool(config.train.flip) and bool(rng.random() < 0.5)
+    img = preprocess.resize_image(img, (nh, nw))
     if flip:
-      img, frame_map = img[:, ::-1], frame_map[:, ::-1]
+      img = img[:, ::-1]
     images[t, :nh, :nw] = img
-    id_map[t, :nh, :nw] = frame_map
+    image_size[t] = (nh, nw)
+    sx, sy = np.float32(nw / w), np.float32(nh / h)
+    frame_masks = []
+    for j, k in enumerate(keep):
+      if area[k, f] <= 0:
+        frame_masks.append(None)
+        continue
+      full = mask_utils.decode(_rle(rles[k, f], h, w)).astype(bool)
+      b = _mask_box(full) * np.asarray([sx, sy, sx, sy], np.float32)
+      b = np.clip(b, 0, np.asarray([nw, nh, nw, nh], np.float32))
+      m = preprocess.resize_mask(full.view(np.uint8), (nh, nw)).astype(bool)
+      if flip:
+        m = m[:, ::-1]
+        b = np.asarray([nw - b[2], b[1], nw - b[0], b[3]], np.float32)
+      present[t, j] = True
+      box[t, j] = b
+      s = m.sum()
+      if s > 0:
+        ys, xs = np.nonzero(m)
+        center[t, j] = (xs.sum() / s, ys.sum() / s)
+      padded = np.zeros(bucket, np.uint8)
+      padded[:nh, :nw] = m
+      mask4[t, j] = padded[2::4, 2::4]
+      frame_masks.append(m)
+    ignore = np.zeros((nh, nw), bool)
+    for k in dropped:
+      if area[k, f] > 0:
+        full = mask_utils.decode(_rle(rles[k, f], h, w)).astype(bool)
+        m = preprocess.resize_mask(full.view(np.uint8), (nh, nw)).astype(bool)
+        ignore |= m[:, ::-1] if flip else m
+    id_map[t, :nh, :nw] = paint_id_map(frame_masks, ignore, nh, nw)
 
-  box, present, id_target, new_instance = clip_targets(id_map, n_ids)
+  id_target, new_instance = clip_targets(present, n_ids)
   label = np.full((n_ids,), -1, np.int32)
   label[:len(keep)] = labels[keep]
   return {
-      'image': images, 'id_map': id_map, 'label': label, 'box': box,
+      'image': images, 'image_size': image_size, 'id_map': id_map,
+      'label': label, 'box': box, 'center': center, 'mask4': mask4,
       'present': present, 'id_target': id_target,
       'new_instance': new_instance,
-      'image_size': np.asarray([nh, nw], np.int32),
       'video_id': np.asarray(record['video_id'], np.int32),
       'frame_index': idx,
   }
@@ -212,7 +273,9 @@ def training_dataset(config, source, *, seed: int = 0, batch_size: int | None = 
     process_index, process_count: this host's shard of the videos.
     num_workers: grain worker processes (0: decode in this process with
       threads).
-  The iterator's ``get_state()`` / ``set_state()`` give an exact resume.
+  Each epoch draws ``train.clips_per_video`` clips of every video, in an
+  order reshuffled every epoch. The iterator's ``get_state()`` /
+  ``set_state()`` give an exact resume.
   """
   import grain
 
@@ -226,7 +289,7 @@ def training_dataset(config, source, *, seed: int = 0, batch_size: int | None = 
     raise ValueError('the training split has no videos')
   if process_count > 1:
     ds = ds[process_index::process_count]
-  ds = ds.seed(seed).shuffle().repeat()
+  ds = ds.repeat(config.train.clips_per_video).seed(seed).shuffle().repeat()
   ds = ds.random_map(lambda rec, rng: make_training_clip(rec, rng, config))
   ds = ds.batch(batch_size, drop_remainder=True, batch_fn=stack_batch)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, prefetch),
@@ -240,3 +303,9 @@ def training_dataset(config, source, *, seed: int = 0, batch_size: int | None = 
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return it
+
+
+def steps_per_epoch(config, num_videos: int) -> int:
+  """Training steps of one epoch: every video gives clips_per_video clips."""
+  clips = num_videos * config.train.clips_per_video
+  return max(1, -(-clips // config.train.batch_size))
