@@ -102,15 +102,18 @@ def get_config() -> ml_collections.ConfigDict:
   i.size_divisor = 32
   i.mean = (123.68, 116.779, 103.939)  # RGB, as the design card
   i.std = (58.393, 57.12, 57.375)
-  # multi-scale training: shorter side drawn from this range (empty = off)
-  i.train_short_sides = ()
-  i.train_max_long = 640
+  # Multi-scale training, mmdet's 'range' mode: ((long_lo, short_lo),
+  # (long_hi, short_hi)); a long and a short edge are drawn uniformly and
+  # the frame is fitted into them. () = off (input.size).
+  i.train_scale_range = ()
+  i.train_scale_per = 'clip'  # draw the scale once per 'clip' or per 'frame'
 
   t = c.train = ml_collections.ConfigDict()
   t.clip_len = 5
   t.max_stride = 3
-  t.flip = True  # random horizontal flip of whole clips
-  t.batch_size = 16
+  t.clips_per_video = 5  # an epoch: this many clips of every video
+  t.flip = True  # random horizontal flip, drawn for every frame
+  t.batch_size = 16  # 4 GPUs x 4 clips
   t.epochs = 12
   t.steps = 0  # 0: derived from epochs and the dataset size
   t.lr = 1e-4
@@ -124,7 +127,12 @@ def get_config() -> ml_collections.ConfigDict:
   # unroll the association scan over the clip: bool / int, or 'auto'
   # (unrolled on CPU, where XLA runs the rolled backward ~20% slower)
   t.scan_unroll = 'auto'
-  t.max_mask_samples = 64  # positive locations per frame for the mask loss
+  # mask loss: 0 = every positive location (the recipe); K > 0 = a random K
+  # of them per frame (less memory)
+  t.max_mask_samples = 0
+  # the authors' training writes a frame into the global memory only by the
+  # interval rule, never for a new instance; True also for new instances
+  t.new_instance_memory_writes = False
   t.log_every = 20
   t.checkpoint_every = 1000
   t.keep_checkpoints = 3
@@ -154,10 +162,13 @@ VARIANTS = {
     'r18': {'model.backbone.depth': 18},
     'r34': {'model.backbone.depth': 34},
     'r50': {'model.backbone.depth': 50},
-    'r101': {'model.backbone.depth': 101},
-    # multi-scale training of the design card: shorter side 360..480, <= 960.
-    'ms': {'input.train_short_sides': (360, 392, 424, 456, 480),
-           'input.train_max_long': 960},
+    # the authors' R101 recipe: 1000 candidates a level, class threshold
+    # 0.05, 2 clips a GPU (their R101 model also trains multi-scale: r101,ms)
+    'r101': {'model.backbone.depth': 101,
+             'infer.candidates_per_level': 1000, 'infer.score_thr': 0.05,
+             'train.batch_size': 8},
+    # the authors' multi-scale training: long edge 649..960, short 360..480
+    'ms': {'input.train_scale_range': ((649, 360), (960, 480))},
     'bf16': {'model.dtype': 'bfloat16'},
     # Same architecture, narrow and small: for CPU tests and quick runs.
     'tiny': {
@@ -170,7 +181,6 @@ VARIANTS = {
         'model.association.ffn_dim': 128,
         'model.association.global_slots': 4,
         'input.size': (96, 160),
-        'input.train_max_long': 160,
         'train.batch_size': 2,
         'train.warmup_steps': 10,
     },

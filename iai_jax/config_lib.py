@@ -20,7 +20,6 @@ A finished config is locked: assigning a key that does not exist raises.
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 from typing import Any, Callable, Mapping
 
@@ -150,12 +149,22 @@ def check_config(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f'input.size={size!r}: give (short side, long side) as '
                      'two positive integers, e.g. --config.input.size='
                      '"(360, 640)"')
+  scales = c.input.train_scale_range
+  if scales and not (len(scales) == 2 and all(
+      len(s) == 2 and all(is_int(x) and x > 0 for x in s) for s in scales)):
+    raise ValueError(f'input.train_scale_range={scales!r}: give ((long_lo, '
+                     'short_lo), (long_hi, short_hi)), e.g. ((649, 360), '
+                     '(960, 480)), or () for the fixed input.size')
+  if c.input.train_scale_per not in ('clip', 'frame'):
+    raise ValueError(f'input.train_scale_per={c.input.train_scale_per!r}: '
+                     'choose clip or frame')
   for key in ('batch_size', 'clip_len', 'max_stride', 'log_every',
-              'checkpoint_every', 'keep_checkpoints'):
+              'checkpoint_every', 'keep_checkpoints', 'clips_per_video'):
     value = c.train[key]
     if not is_int(value) or value < 1:
       raise ValueError(f'train.{key}={value!r} must be a positive integer')
-  for key in ('steps', 'epochs', 'warmup_steps', 'data_workers'):
+  for key in ('steps', 'epochs', 'warmup_steps', 'data_workers',
+              'max_mask_samples'):
     value = c.train[key]
     if not is_int(value) or value < 0:
       raise ValueError(f'train.{key}={value!r} must be an integer >= 0')
@@ -182,9 +191,3 @@ def check_override_key(config: ml_collections.ConfigDict, dotted: str) -> None:
     node = node[part]
     walked.append(part)
 
-
-# ----------------------------------------------------------------- geometry
-def padded_size(height: int, width: int, divisor: int = 32) -> tuple[int, int]:
-  """Size after padding to a multiple of ``divisor`` (360x640 -> 384x640)."""
-  return (int(math.ceil(height / divisor) * divisor),
-          int(math.ceil(width / divisor) * divisor))

@@ -40,15 +40,27 @@ def learning_rate_schedule(config, steps_per_epoch: int):
                               [t.warmup_steps])
 
 
+# Parameters in the optimiser's 'backbone' group (lr x backbone_lr_mult,
+# weight decay x backbone_wd_mult). The authors' mmcv ``custom_keys``
+# matches 'backbone' as a substring of the torch name, so their
+# classification projector ``backbone_projector`` (ours:
+# association/cls_projector, trained from scratch) is in it too.
+BACKBONE_GROUP = (('backbone',), ('association', 'cls_projector'))
+
+
 def param_labels(params, model_cfg):
   """'frozen', 'backbone' or 'rest' for every parameter."""
   trainable = iai_model.trainable_mask(params, model_cfg)
-  labels = {}
-  for group, sub in trainable.items():
-    labels[group] = jax.tree_util.tree_map(
-        lambda t, g=group: ('backbone' if g == 'backbone' else 'rest')
-        if t else 'frozen', sub)
-  return labels
+
+  def label(path, t):
+    names = tuple(p.key for p in path)
+    if not t:
+      return 'frozen'
+    if any(names[:len(g)] == g for g in BACKBONE_GROUP):
+      return 'backbone'
+    return 'rest'
+
+  return jax.tree_util.tree_map_with_path(label, trainable)
 
 
 def make_optimizer(config, params, steps_per_epoch: int):

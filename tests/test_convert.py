@@ -306,7 +306,7 @@ def test_frozen_batchnorm_parity():
   with torch.no_grad():
     want = _nchw_to_nhwc(bn(x))
   params, stats = _bn_variables(bn)
-  got = resnet._frozen_bn('bn', jnp.float32).apply(
+  got = resnet.FrozenBatchNorm().apply(
       {'params': params, 'batch_stats': stats}, jnp.asarray(_nchw_to_nhwc(x)))
   _close(got, want)
 

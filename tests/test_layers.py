@@ -79,9 +79,16 @@ def test_gct_matches_formula():
     norm = gamma / np.sqrt((emb ** 2).mean() + eps)
     ref[b] = x[b] * (1 + np.tanh(emb * norm + beta))
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
-  # at initialisation (alpha 1, gamma 0, beta 0) the gate is exactly 1
-  init = L.GCT().init(jax.random.key(0), jnp.asarray(x))
-  np.testing.assert_allclose(L.GCT().apply(init, jnp.asarray(x)), x, atol=1e-6)
+  # initialised as the authors' LSTT does (xavier_uniform over the torch
+  # shape (1, C, 1, 1): bound sqrt(6 / (C + 1))), not GCT's own 1 / 0 / 0
+  c = 1024
+  init = L.GCT().init(jax.random.key(0), jnp.zeros((1, 2, 2, c)))['params']
+  bound = np.sqrt(6.0 / (c + 1))
+  for name in ('alpha', 'gamma', 'beta'):
+    v = np.asarray(init[name])
+    assert np.abs(v).max() <= bound and np.abs(v).max() > 0.9 * bound
+    np.testing.assert_allclose(v.std(), bound / np.sqrt(3), rtol=0.1)
+  assert not np.allclose(init['alpha'], init['gamma'])
 
 
 # ---------------------------------------------------------------- attention
@@ -158,14 +165,18 @@ class _Drop(nn.Module):
     return L.drop_path(self, x, self.rate, deterministic)
 
 
-def test_drop_path_drops_whole_samples():
-  x = jnp.ones((64, 3, 4))
-  out = _Drop(0.5).apply({}, x, False, rngs={'dropout': jax.random.key(3)})
-  per_sample = np.asarray(out).reshape(64, -1)
-  # each sample is either dropped entirely or kept and scaled by 1/keep
-  assert set(np.unique(per_sample)) <= {0.0, 2.0}
-  assert (per_sample.min(1) == per_sample.max(1)).all()
-  assert 0 < (per_sample[:, 0] == 0).sum() < 64
+def test_drop_path_drops_sequence_positions_for_every_sample():
+  """The authors' DropPath draws its mask over the first axis of their (L, B,
+  C) tensors: a position is dropped for all samples, or kept (x 1/keep)."""
+  x = jnp.ones((3, 64, 4))  # (B, L, C)
+  out = np.asarray(_Drop(0.5).apply({}, x, False,
+                                    rngs={'dropout': jax.random.key(3)}))
+  assert set(np.unique(out)) <= {0.0, 2.0}
+  # the same positions in every sample, all channels alike
+  np.testing.assert_array_equal(out[0], out[1])
+  np.testing.assert_array_equal(out[0], out[2])
+  assert (out.min(-1) == out.max(-1)).all()
+  assert 0 < (out[0, :, 0] == 0).sum() < 64
   np.testing.assert_array_equal(_Drop(0.5).apply({}, x, True), x)
 
 

@@ -85,9 +85,20 @@ def test_ovis_and_r101_configs():
   p = abstract_variables(build_model(ovis.model))['params']
   assert p['head']['conv_id']['kernel'].shape[-1] == 25
   assert p['association']['id_bank']['kernel'].shape == (33, 33, 26, 256)
-  r101 = config_lib.make_config('ytvis21', 'r101,ms')
+  r101 = config_lib.make_config('ytvis19', 'r101,ms')
   assert r101.model.backbone.depth == 101
-  assert r101.input.train_max_long == 960
+  # the authors' R101 recipe: 1000 candidates, class threshold 0.05,
+  # 2 clips a GPU x 4 GPUs
+  assert (r101.infer.candidates_per_level, r101.infer.score_thr,
+          r101.train.batch_size) == (1000, 0.05, 8)
+  assert r101.input.train_scale_range == ((649, 360), (960, 480))
+  yt21 = config_lib.make_config('ytvis21')
+  assert (yt21.model.max_obj_num, yt21.train.batch_size) == (25, 8)
+  assert yt21.input.train_scale_per == 'clip' and yt21.input.train_scale_range
+  assert (ovis.train.batch_size, ovis.input.train_scale_per) == (8, 'frame')
+  yt19 = config_lib.make_config('ytvis19')
+  assert (yt19.train.batch_size, yt19.infer.candidates_per_level,
+          yt19.input.train_scale_range) == (16, 200, ())
 
 
 @pytest.mark.parametrize('depth,count', [(18, 11_176_512), (34, 21_284_672),
@@ -107,10 +118,29 @@ def test_frozen_parts(r50_params):
   mask = trainable_mask(r50_params, config_lib.make_config('ytvis19').model)
   b = mask['backbone']
   assert not b['conv1']['kernel'] and not b['bn1']['scale']
-  assert not b['layer1_0']['conv2']['kernel']
+  assert not b['layer1_0']['conv2']['kernel'] and not b['layer1_2']['bn3']['bias']
   assert b['layer2_0']['conv2']['kernel'] and b['layer4_2']['conv3']['kernel']
-  assert not b['layer3_1']['bn2']['scale'] and not b['layer2_0']['downsample_bn']['bias']
+  # the authors train the BN affine of stages 2-4 (their running statistics
+  # stay frozen: batch_stats are not parameters)
+  assert b['layer3_1']['bn2']['scale'] and b['layer2_0']['downsample_bn']['bias']
   assert b['layer2_0']['downsample_conv']['kernel']
+  # the classification projector is in the optimiser's backbone group
+  from iai_jax import train_state
+  labels = train_state.param_labels(r50_params,
+                                    config_lib.make_config('ytvis19').model)
+  assert labels['association']['cls_projector']['kernel'] == 'backbone'
+  assert labels['association']['encoder_projector']['kernel'] == 'rest'
+  assert labels['backbone']['layer3_1']['bn2']['scale'] == 'backbone'
+  assert labels['backbone']['layer1_0']['bn1']['scale'] == 'frozen'
+  # and the same groups hold the authors' parameter counts: backbone (lr
+  # x0.1) 23,282,688 + 3,147,264 trainable; 225,344 frozen
+  sizes = {}
+  flat_l = jax.tree_util.tree_leaves(labels)
+  flat_p = jax.tree_util.tree_leaves(r50_params)
+  for lab, p in zip(flat_l, flat_p):
+    sizes[lab] = sizes.get(lab, 0) + int(np.prod(p.shape))
+  assert sizes['frozen'] == 225_344
+  assert sizes['backbone'] == 23_282_688 + 3_147_264
   assert all(jax.tree_util.tree_leaves(mask['head']))
   frozen = sum(int(np.prod(x.shape)) for x, m in zip(
       jax.tree_util.tree_leaves(r50_params), jax.tree_util.tree_leaves(mask)) if not m)
@@ -236,3 +266,68 @@ def test_missing_dataset_says_where_and_how(tmp_path):
   assert r.returncode != 0
   assert f'{tmp_path}/ovis' in r.stderr
   assert '--config.dataset.root=' in r.stderr and 'data/README.md' in r.stderr
+
+
+def test_initialisation_follows_the_authors_torch_code():
+  """Fresh modules start as the authors' code leaves them (torch defaults or
+  xavier over the torch shapes), checked against torch's own initialisers:
+  the same bound (largest |value|) and a uniform's std (bound / sqrt(3))."""
+  import torch
+  cfg = config_lib.make_config('ytvis19')
+  model = build_model(cfg.model)
+  v = init_variables(model, jax.random.key(0))
+  p = jax.tree_util.tree_map(np.asarray, v['params'])
+
+  def torch_bound(shape, init):
+    """The bound torch's initialiser uses for a tensor of this shape."""
+    fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(
+        torch.empty(shape))
+    if init == 'xavier':  # xavier_uniform_: sqrt(6 / (fan_in + fan_out))
+      return np.sqrt(6.0 / (fan_in + fan_out))
+    gain = torch.nn.init.calculate_gain('leaky_relu', np.sqrt(5))
+    return gain * np.sqrt(3.0 / fan_in)  # kaiming_uniform_(a=sqrt(5))
+
+  xavier, default_w = 'xavier', 'default'
+  lstt = p['association']['layers_0']
+  cases = [
+      # (our array, torch shape, torch init)
+      (lstt['value_bias'], (1, 2, 128, 225, 1), xavier),
+      (lstt['rel_kernel'], (450, 128, 1, 1), xavier),
+      (lstt['ffn_gct']['alpha'], (1, 1024, 1, 1), xavier),
+      (lstt['ffn_gct']['beta'], (1, 1024, 1, 1), xavier),
+      (lstt['linear1']['kernel'], (1024, 256), xavier),
+      (p['association']['id_bank']['kernel'], (256, 21, 33, 33), xavier),
+      (p['association']['encoder_projector']['kernel'], (256, 2048, 1, 1),
+       default_w),
+      (p['association']['cls_projector']['kernel'], (1536, 2048, 1, 1),
+       default_w),
+      (p['mask_branch']['tower_0_conv']['kernel'], (128, 128, 3, 3),
+       default_w),
+      (p['mask_branch']['tower_out']['kernel'], (8, 128, 1, 1), default_w),
+  ]
+  for ours, shape, init in cases:
+    bound = torch_bound(shape, init)
+    assert np.abs(ours).max() <= bound * 1.001, shape
+    assert np.abs(ours).max() > bound * 0.9, shape
+    np.testing.assert_allclose(ours.std(), bound / np.sqrt(3), rtol=0.1,
+                               err_msg=str(shape))
+  # biases at torch's default U(+-1/sqrt(fan_in)); LayerNorm / GroupNorm 1 / 0
+  for ours, fan_in in ((lstt['linear1']['bias'], 256),
+                       (lstt['linear2']['bias'], 1024),
+                       (lstt['rel_bias'], 128),
+                       (p['association']['id_bank']['bias'], 21 * 33 * 33),
+                       (p['association']['cls_projector']['bias'], 2048),
+                       (p['mask_branch']['tower_out']['bias'], 128)):
+    assert 0 < np.abs(ours).max() <= 1 / np.sqrt(fan_in)
+  np.testing.assert_array_equal(lstt['norm_ffn']['scale'], 1)
+  np.testing.assert_array_equal(lstt['ffn_gn']['bias'], 0)
+  # head: normal(0.01) towers, prior bias -log(99); FPN xavier, bias 0
+  assert abs(p['head']['cls_convs_0']['conv']['kernel'].std() - 0.01) < 1e-3
+  np.testing.assert_allclose(p['head']['conv_cls']['bias'], -np.log(99),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(p['fpn']['output_0']['bias'], 0)
+  # backbone: zero_init_residual - the last BN of every residual branch
+  bb = p['backbone']
+  assert not bb['layer1_0']['bn3']['scale'].any()
+  assert not bb['layer4_2']['bn3']['scale'].any()
+  np.testing.assert_array_equal(bb['layer1_0']['bn2']['scale'], 1)

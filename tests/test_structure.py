@@ -140,7 +140,7 @@ def test_reader_is_chosen_by_dataset_format(tmp_path):
 def test_configs_hold_the_recipe_and_variants_apply_in_order():
   c = config_lib.make_config('ytvis19', 'r101,ms,bf16')
   assert c.model.backbone.depth == 101 and c.model.dtype == 'bfloat16'
-  assert c.input.train_short_sides == (360, 392, 424, 456, 480)
+  assert c.input.train_scale_range == ((649, 360), (960, 480))
   ovis = config_lib.make_config('ovis')
   assert (ovis.model.num_classes, ovis.model.max_obj_num,
           ovis.infer.max_per_img) == (25, 25, 50)

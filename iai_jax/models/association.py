@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from iai_jax.models import inits
 from iai_jax.models import layers as L
 
 _xavier = nn.initializers.xavier_uniform()
@@ -105,7 +106,9 @@ class IDBank(nn.Module):
     self.kernel_weight = self.param(
         'kernel', _xavier, (self.kernel, self.kernel, self.num_ids + 1,
                             self.d_model))
-    self.bias = self.param('bias', nn.initializers.zeros, (self.d_model,))
+    # torch's default conv bias (the authors xavier only the weight)
+    self.bias = self.param('bias', inits.torch_default_bias(
+        (self.num_ids + 1) * self.kernel ** 2), (self.d_model,))
 
   def __call__(self, id_mask):
     """(B, H, W, N+1) -> (B, H/32, W/32, d)."""
@@ -137,7 +140,11 @@ class LSTTLayer(nn.Module):
 
   def setup(self):
     d, dt = self.d_model, self.dtype
-    dense = lambda n: nn.Dense(n, kernel_init=_xavier, dtype=dt)
+    # The authors xavier every LSTT weight of more than one dimension after
+    # construction; biases keep torch's default U(+-1/sqrt(fan_in)).
+    dense = lambda n, fan_in=d: nn.Dense(
+        n, kernel_init=_xavier, bias_init=inits.torch_default_bias(fan_in),
+        dtype=dt)
     ln = lambda: nn.LayerNorm(epsilon=1e-5, dtype=dt)
     # Authors' names: norm2 / self_attn.*  (self-attention),
     #                 norm1 / linear_Q / linear_V / long_term_attn.projection /
@@ -153,12 +160,16 @@ class LSTTLayer(nn.Module):
     win = (2 * self.max_dis + 1) ** 2
     dh = d // self.att_heads
     # query-dependent relative bias: grouped 1x1 conv, one group per head
-    self.rel_kernel = self.param('rel_kernel', _xavier,
-                                 (self.att_heads, dh, win))
-    self.rel_bias = self.param('rel_bias', nn.initializers.zeros,
+    # (torch weight (heads*win, dh, 1, 1), xavier'd; bias torch default)
+    self.rel_kernel = self.param(
+        'rel_kernel', inits.xavier_fans((self.att_heads * win, dh, 1, 1)),
+        (self.att_heads, dh, win))
+    self.rel_bias = self.param('rel_bias', inits.torch_default_bias(dh),
                                (self.att_heads, win))
-    self.value_bias = self.param('value_bias', nn.initializers.zeros,
-                                 (self.att_heads, dh, win))
+    # torch (1, heads, dh, win, 1), xavier'd like every LSTT tensor
+    self.value_bias = self.param(
+        'value_bias', inits.xavier_fans((1, self.att_heads, dh, win, 1)),
+        (self.att_heads, dh, win))
     self.local_out = dense(d)
     self.norm_ffn = ln()
     self.linear1 = dense(self.ffn_dim)
@@ -166,7 +177,7 @@ class LSTTLayer(nn.Module):
                                dtype=dt)
     self.ffn_gct = L.GCT()
     self.ffn_dwconv = L.DepthwiseConv(5, kernel_init=_xavier, dtype=dt)
-    self.linear2 = dense(d)
+    self.linear2 = dense(d, self.ffn_dim)
 
   def _heads(self, x, n):
     return x.reshape(x.shape[:-1] + (n, x.shape[-1] // n))
@@ -257,9 +268,12 @@ class AssociationBlock(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.encoder_projector = L.Conv1x1(self.d_model, dtype=self.dtype)
-    self.cls_projector = L.Conv1x1(self.c5_channels - 2 * self.d_model,
-                                   dtype=self.dtype)
+    # torch's default conv initialisation (the authors set none)
+    proj = lambda n: L.Conv1x1(
+        n, kernel_init=inits.torch_default,
+        bias_init=inits.torch_default_bias(self.c5_channels), dtype=self.dtype)
+    self.encoder_projector = proj(self.d_model)
+    self.cls_projector = proj(self.c5_channels - 2 * self.d_model)
     self.id_bank = IDBank(self.num_ids, self.d_model, self.id_bank_kernel,
                           dtype=self.dtype)
     self.layers = [

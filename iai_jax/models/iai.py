@@ -70,13 +70,16 @@ class IAI(nn.Module):
   def write_memory(self, memory: Memory, cache, id_mask, new_instance):
     return self.association.write(memory, cache, id_mask, new_instance)
 
-  def decode(self, c3, c4, c5p, train: bool = False):
+  def decode(self, c3, c4, c5p, train: bool = False, time_steps: int = 1):
     """FPN + heads. Returns per-level lists 'cls', 'id', 'reg', 'ctr',
     'ctrl' of (F, h_l, w_l, .) and 'mask_feats' (F, H/s, W/s, 8), s the
-    mask branch's out_stride (8 by default)."""
+    mask branch's out_stride (8 by default). In training the F frames are
+    clips of ``time_steps`` frames (clip-major): the mask branch's BatchNorm
+    takes each time step's statistics."""
     feats = self.fpn([c3, c4, c5p])
     out = self.head(feats)
-    out['mask_feats'] = self.mask_branch(feats[:3], train=train)
+    out['mask_feats'] = self.mask_branch(feats[:3], train=train,
+                                         time_steps=time_steps)
     return out
 
   def __call__(self, images, train: bool = False):
@@ -102,13 +105,6 @@ def abstract_variables(model: IAI, image_size=(64, 64)):
   """Shapes and dtypes of the variables, without allocating them."""
   return jax.eval_shape(lambda r: _init(model, r, tuple(image_size)),
                         jax.random.key(0))
-
-
-def normalize_images(images, input_cfg):
-  """uint8 RGB (..., H, W, 3) -> float32 normalised with the config's stats."""
-  mean = jnp.asarray(input_cfg.mean, jnp.float32)
-  std = jnp.asarray(input_cfg.std, jnp.float32)
-  return (jnp.asarray(images, jnp.float32) - mean) / std
 
 
 def trainable_mask(params, model_cfg):

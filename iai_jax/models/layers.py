@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from iai_jax.models import kernels
+from iai_jax.models import inits, kernels
 
 
 @functools.lru_cache(maxsize=64)
@@ -202,15 +202,21 @@ class DepthwiseConv(nn.Module):
 
 
 class GCT(nn.Module):
-  """Gated channel transformation (l2 mode) on a (B, H, W, C) map."""
+  """Gated channel transformation (l2 mode) on a (B, H, W, C) map.
+
+  Initialised as in the authors' LSTT: ``xavier_uniform_`` over every
+  parameter of more than one dimension hits GCT's (1, C, 1, 1) alpha, gamma
+  and beta too (U(+-sqrt(6 / (C + 1))), not GCT's own 1 / 0 / 0).
+  """
   epsilon: float = 1e-5
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    alpha = self.param('alpha', nn.initializers.ones, (c,))
-    gamma = self.param('gamma', nn.initializers.zeros, (c,))
-    beta = self.param('beta', nn.initializers.zeros, (c,))
+    init = inits.xavier_fans((1, c, 1, 1))
+    alpha = self.param('alpha', init, (c,))
+    gamma = self.param('gamma', init, (c,))
+    beta = self.param('beta', init, (c,))
     xf = x.astype(jnp.float32)
     embedding = jnp.sqrt(jnp.sum(xf * xf, axis=(1, 2), keepdims=True)
                          + self.epsilon) * alpha
@@ -222,12 +228,17 @@ class GCT(nn.Module):
 
 def drop_path(module: nn.Module, x: jax.Array, rate: float,
               deterministic: bool) -> jax.Array:
-  """Stochastic depth: drop the whole branch per sample (axis 0)."""
+  """Stochastic depth on a (B, L, C) branch output, as the authors' DropPath.
+
+  Their tensors are (L, B, C) and their mask (L, 1, 1): it drops sequence
+  positions, the same positions for every sample of the batch. Kept values
+  are scaled by 1 / (1 - rate).
+  """
   if deterministic or rate == 0.0:
     return x
   keep = 1.0 - rate
   rng = module.make_rng('dropout')
-  mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  mask = jax.random.bernoulli(rng, keep, (1, x.shape[1]) + (1,) * (x.ndim - 2))
   return jnp.where(mask, x / keep, 0).astype(x.dtype)
 
 

@@ -68,10 +68,10 @@ class Applied:
   def write_memory(self, memory, cache, id_mask, new_instance):
     return self._apply('write_memory', memory, cache, id_mask, new_instance)
 
-  def decode(self, c3, c4, c5p, train: bool = False):
+  def decode(self, c3, c4, c5p, train: bool = False, time_steps: int = 1):
     if not train:
       return self._apply('decode', c3, c4, c5p, False)
-    out, updates = self._apply('decode', c3, c4, c5p, True,
+    out, updates = self._apply('decode', c3, c4, c5p, True, time_steps,
                                mutable=['batch_stats'])
     self.batch_stats = updates['batch_stats']
     return out
@@ -179,4 +179,4 @@ def teacher_forced_clip(net, images, model_cfg, *, id_masks, new_instance,
         jax.random.split(rng, t_len))
   _, c5p = jax.lax.scan(cell, memory, xs, unroll=unroll)
   c5p = c5p.swapaxes(0, 1).reshape(b * t_len, *c5p.shape[2:])
-  return net.decode(feats['c3'], feats['c4'], c5p, train)
+  return net.decode(feats['c3'], feats['c4'], c5p, train, t_len)

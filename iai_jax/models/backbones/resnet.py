@@ -1,10 +1,14 @@
 """ResNet-18/34/50/101 backbone ("pytorch style") returning C3, C4, C5.
 
 The backbone ``resnet`` of :mod:`iai_jax.models.backbones` (config keys
-``model.backbone.depth``, ``width``, ``frozen_stages``). Every BatchNorm is
-frozen: it normalises with its running statistics (the ``batch_stats``
-collection) and its affine parameters are not trained; the optimiser masks
-them out (:func:`is_frozen`).  Padding is explicit
+``model.backbone.depth``, ``width``, ``frozen_stages``). As mmdet's ResNet
+with ``norm_eval=True, frozen_stages=1`` in the authors' config: every
+BatchNorm normalises with its running statistics (the ``batch_stats``
+collection, never updated); the stem and stages up to ``frozen_stages`` are
+frozen altogether, the later stages' BatchNorm affine scale and bias are
+trained (:func:`is_frozen`). Random initialisation as mmdet's: kaiming
+normal (fan out) convolutions, BatchNorm 1/0 and ``zero_init_residual``
+(the last BatchNorm of every residual branch starts at scale 0).  Padding is explicit
 and symmetric as in torch, so converted weights give the same features.
 """
 
@@ -39,32 +43,37 @@ def _conv(features, kernel, stride, name, dtype):
 
 
 class FrozenBatchNorm(nn.Module):
-  """BatchNorm with fixed statistics and affine ("frozen BN").
+  """BatchNorm on its running statistics (mmdet's ``norm_eval``).
 
   Same variables as ``nn.BatchNorm`` (params scale/bias, batch_stats
-  mean/var), folded into one multiply-add. None of them is trained, so no
-  gradient is computed for them (saves a reduction over every activation of
-  the backbone in the backward pass).
+  mean/var), folded into one multiply-add. The statistics never change; the
+  affine scale and bias are trained when ``trainable`` (stages after the
+  frozen ones, as the authors' ``requires_grad=True``), else no gradient is
+  computed for them at all (saves a reduction over every activation).
+  ``zero_scale``: initial scale 0 (the last BN of a residual branch,
+  ``zero_init_residual``).
   """
   epsilon: float = 1e-5
+  trainable: bool = False
+  zero_scale: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    init = nn.initializers.zeros if self.zero_scale else nn.initializers.ones
+    scale = self.param('scale', init, (c,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
     mean = self.variable('batch_stats', 'mean',
                          lambda: jnp.zeros((c,), jnp.float32))
     var = self.variable('batch_stats', 'var',
                         lambda: jnp.ones((c,), jnp.float32))
-    mul = jax.lax.stop_gradient(scale * jax.lax.rsqrt(var.value + self.epsilon))
-    add = jax.lax.stop_gradient(bias - mean.value * mul)
+    if not self.trainable:
+      scale, bias = jax.lax.stop_gradient(scale), jax.lax.stop_gradient(bias)
+    inv = jax.lax.rsqrt(var.value + self.epsilon)
+    mul = scale * inv
+    add = bias - mean.value * mul
     return x * mul.astype(self.dtype) + add.astype(self.dtype)
-
-
-def _frozen_bn(name, dtype):
-  return FrozenBatchNorm(dtype=dtype, name=name)
 
 
 class Bottleneck(nn.Module):
@@ -72,38 +81,39 @@ class Bottleneck(nn.Module):
   stride: int
   downsample: bool
   dtype: Any = jnp.float32
+  train_bn: bool = False  # train the BN affine (a stage after the frozen ones)
   expansion = 4
+
+  def bn(self, name, last=False):
+    return FrozenBatchNorm(trainable=self.train_bn, zero_scale=last,
+                           dtype=self.dtype, name=name)
 
   @nn.compact
   def __call__(self, x):
-    out = nn.relu(_frozen_bn('bn1', self.dtype)(
+    out = nn.relu(self.bn('bn1')(
         _conv(self.planes, 1, 1, 'conv1', self.dtype)(x)))
-    out = nn.relu(_frozen_bn('bn2', self.dtype)(
+    out = nn.relu(self.bn('bn2')(
         _conv(self.planes, 3, self.stride, 'conv2', self.dtype)(out)))
-    out = _frozen_bn('bn3', self.dtype)(
+    out = self.bn('bn3', last=True)(
         _conv(self.planes * 4, 1, 1, 'conv3', self.dtype)(out))
     if self.downsample:
-      x = _frozen_bn('downsample_bn', self.dtype)(
+      x = self.bn('downsample_bn')(
           _conv(self.planes * 4, 1, self.stride, 'downsample_conv',
                 self.dtype)(x))
     return nn.relu(out + x)
 
 
-class BasicBlock(nn.Module):
-  planes: int
-  stride: int
-  downsample: bool
-  dtype: Any = jnp.float32
+class BasicBlock(Bottleneck):
   expansion = 1
 
   @nn.compact
   def __call__(self, x):
-    out = nn.relu(_frozen_bn('bn1', self.dtype)(
+    out = nn.relu(self.bn('bn1')(
         _conv(self.planes, 3, self.stride, 'conv1', self.dtype)(x)))
-    out = _frozen_bn('bn2', self.dtype)(
+    out = self.bn('bn2', last=True)(
         _conv(self.planes, 3, 1, 'conv2', self.dtype)(out))
     if self.downsample:
-      x = _frozen_bn('downsample_bn', self.dtype)(
+      x = self.bn('downsample_bn')(
           _conv(self.planes, 1, self.stride, 'downsample_conv',
                 self.dtype)(x))
     return nn.relu(out + x)
@@ -123,7 +133,8 @@ class ResNet(nn.Module):
     block = BasicBlock if self.depth in (18, 34) else Bottleneck
     x = x.astype(self.dtype)
     x = _conv(self.width, 7, 2, 'conv1', self.dtype)(x)
-    x = nn.relu(_frozen_bn('bn1', self.dtype)(x))
+    x = nn.relu(FrozenBatchNorm(trainable=self.frozen_stages < 0,
+                                dtype=self.dtype, name='bn1')(x))
     x = max_pool_3x3_s2(x)
     if self.frozen_stages >= 0:
       x = jax.lax.stop_gradient(x)
@@ -135,6 +146,7 @@ class ResNet(nn.Module):
         stride = 2 if (b == 0 and stage > 0) else 1
         down = b == 0 and (stride != 1 or in_ch != planes * block.expansion)
         x = block(planes, stride, down, dtype=self.dtype,
+                  train_bn=stage + 1 > self.frozen_stages,
                   name=f'layer{stage + 1}_{b}')(x)
         in_ch = planes * block.expansion
       if stage + 1 <= self.frozen_stages:
@@ -171,17 +183,15 @@ def channels(cfg) -> dict[str, int]:
 
 
 def is_frozen(path: tuple[str, ...], cfg) -> bool:
-  """Path relative to the backbone's parameters."""
+  """Path relative to the backbone's parameters: the stem and stages
+  1..frozen_stages are frozen (convolutions and BatchNorm affine); the
+  later stages are trained, their BatchNorm affine included (the running
+  statistics are never updated)."""
   top = path[0]
   if top in ('conv1', 'bn1'):
     return cfg.frozen_stages >= 0
-  if top.startswith('layer'):
-    stage = int(top[len('layer'):].split('_')[0])
-    if stage <= cfg.frozen_stages:
-      return True
-  # every BatchNorm's affine parameters are frozen ("frozen BN")
-  return any(p == 'bn1' or p.startswith('bn') or p == 'downsample_bn'
-             for p in path[1:2])
+  stage = int(top[len('layer'):].split('_')[0])
+  return stage <= cfg.frozen_stages
 
 
 def torch_module(path: tuple[str, ...]) -> str:
