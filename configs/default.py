@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   s.occlusion = 0.3  # 0..1, how often instances overlap
   s.max_instances = 4
   s.seed = 0
+  # 'tracks' (moving shapes) or 'reid' (gaps behind an occluder and out of
+  # the picture, crossing look-alikes, fast movers, late entries)
+  s.kind = 'tracks'
 
   # A converted or trained checkpoint directory to start training from.
   c.init_from = ''

@@ -1,7 +1,9 @@
 """The built-in synthetic video dataset: textured moving shapes, no download.
 
 The dataset is generated under data/synthetic when missing. Variants:
-``occluded`` (the occlusion-heavy split that plays the part of OVIS), plus the
+``occluded`` (the occlusion-heavy split that plays the part of OVIS),
+``reid`` (the re-identification split: 48-frame videos with gaps, crossing
+look-alikes, fast movers and late entries; data/README.md), plus the
 model variants of the other configs (tiny is the default model here: the
 recipe's sizes trained from scratch for about 13 minutes on 2 CPU cores).
 """
@@ -17,7 +19,8 @@ default = config_lib.load_module(os.path.join(os.path.dirname(__file__),
 def get_config(arg=None):
   variants = [v for v in (arg or '').split(',') if v]
   occluded = 'occluded' in variants
-  variants = [v for v in variants if v != 'occluded']
+  reid = 'reid' in variants
+  variants = [v for v in variants if v not in ('occluded', 'reid')]
   if not any(v in ('r18', 'r34', 'r50', 'r101') for v in variants):
     variants.insert(0, 'tiny')
   config = default.get_config()
@@ -37,6 +40,15 @@ def get_config(arg=None):
     config.dataset.root = 'data/synthetic_occluded'
     s.occlusion = 0.8
     s.seed = 1
+  if reid:
+    # the re-identification split: 48-frame videos where objects hide behind
+    # an occluder or leave the picture for 3-15 frames, look-alikes cross,
+    # one moves about its diameter a frame and one enters mid-video
+    config.dataset.name = 'synthetic_reid'
+    config.dataset.root = 'data/synthetic_reid'
+    s.kind = 'reid'
+    s.num_frames = 48
+    s.seed = 2
   # From scratch, not from ImageNet/COCO weights: the whole backbone is
   # trained, at the full learning rate (the recipe freezes the stem and
   # stage 1 and gives the backbone lr x0.1, which suits pretrained

@@ -136,6 +136,9 @@ def check_config(c: ml_collections.ConfigDict) -> None:
   if m.mask_branch.out_stride not in (4, 8):
     raise ValueError(f'model.mask_branch.out_stride={m.mask_branch.out_stride}: '
                      'choose 8 (CondInst) or 4 (finer masks on small frames)')
+  if c.dataset.synthetic.kind not in ('tracks', 'reid'):
+    raise ValueError(f'dataset.synthetic.kind={c.dataset.synthetic.kind!r}: '
+                     'choose tracks or reid')
   if c.infer.tracker not in TRACKERS:
     raise ValueError(f'infer.tracker={c.infer.tracker!r}: choose one of '
                      f'{", ".join(TRACKERS)}')

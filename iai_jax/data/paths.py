@@ -97,7 +97,7 @@ def ensure_annotations(config, log=print) -> str:
     synthetic.generate(root, s.num_videos, s.num_frames, s.height, s.width,
                        s.max_instances, s.occlusion, s.seed,
                        ann_name=os.path.relpath(ann, root),
-                       frames_dir=os.path.relpath(frames, root))
+                       frames_dir=os.path.relpath(frames, root), kind=s.kind)
   if not os.path.exists(ann) or not os.path.isdir(frames):
     missing = ann if not os.path.exists(ann) else frames
     raise DatasetMissingError(
