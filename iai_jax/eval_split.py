@@ -56,13 +56,17 @@ def overlay_gif(config, variables, frames, path: str, fps: float = 6.0) -> str:
 
 
 def evaluate_split(config, variables, workdir: str, split: str | None = None,
-                   log=print, overlay: bool = False) -> dict | None:
+                   log=print, overlay: bool = False,
+                   associations: bool = True) -> dict | None:
   """Online inference on every video of ``split`` of the TFDS records.
 
   ``split``: 'heldout' (default when it exists: scored locally) or 'valid'
   (the official validation videos: results for the server only). Writes
   ``results.json``, ``results.zip`` and, when scored, ``eval_metrics.json``
-  under ``workdir/eval_<split>``; returns the metrics or None.
+  under ``workdir/eval_<split>``; returns the metrics or None: AP/AR and,
+  with ``associations``, HOTA / DetA / AssA / LocA, IDF1 / IDP / IDR, MOTA /
+  MOTP / IDSW / Frag (:mod:`iai_jax.track_metrics`) and the identity kept
+  across gaps ('id_kept_by_gap', :mod:`iai_jax.reid_metrics`).
   """
   from iai_jax import evaluate as evaluate_lib
   from iai_jax import results as results_lib
@@ -104,6 +108,16 @@ def evaluate_split(config, variables, workdir: str, split: str | None = None,
   ovis = config.dataset.name == 'ovis'
   evaluation = evaluate_lib.run_evaluation(gt, results, ovis=ovis)
   log(evaluate_lib.format_table(evaluation))
+  stats = dict(evaluation.stats)
+  if associations:
+    from iai_jax import reid_metrics, track_metrics
+    tracks = track_metrics.evaluate_tracks(gt, results)
+    log(track_metrics.format_table(tracks, ('HOTA', 'Identity', 'CLEAR')))
+    for family in ('HOTA', 'Identity', 'CLEAR'):
+      stats.update({k: tracks[k] for k in track_metrics.HEADLINE_KEYS[family]})
+    gaps = reid_metrics.id_accuracy_by_gap(gt, results)
+    log(reid_metrics.format_table(gaps))
+    stats['id_kept_by_gap'] = gaps
   with open(os.path.join(out_dir, 'eval_metrics.json'), 'w') as f:
-    json.dump(evaluation.stats, f, indent=1)
-  return evaluation.stats
+    json.dump(stats, f, indent=1)
+  return stats
