@@ -49,6 +49,12 @@ def get_config(arg=None):
     s.kind = 'reid'
     s.num_frames = 48
     s.seed = 2
+    # 48 frames with objects that come and go: IDs run out at N-2, so the
+    # ID slots of YouTube-VIS rather than 10
+    config.model.max_obj_num = 20
+    # gaps of up to 15 frames: global memory slots for ~45 frames (writes
+    # every 3 frames), not the tiny model's 4
+    config.model.association.global_slots = 16
   # From scratch, not from ImageNet/COCO weights: the whole backbone is
   # trained, at the full learning rate (the recipe freezes the stem and
   # stage 1 and gives the backbone lr x0.1, which suits pretrained

@@ -263,7 +263,7 @@ def reid_video(rng, num_frames: int, h: int, w: int):
   b0 = int(rng.uniform(0.25, 0.75) * w - bw / 2)
   band_c = b0 + bw / 2
   cls_of = lambda: CLASSES[int(rng.integers(len(CLASSES)))]
-  radius = lambda: rng.uniform(0.12, 0.15) * size
+  radius = lambda: rng.uniform(0.15, 0.19) * size
   ys = lambda r: rng.uniform(r + 2, h - r - 2)
   insts = []
   # the one that enters mid-video: (b) or (d)
