@@ -276,3 +276,53 @@ def test_trackers_share_the_online_call():
   assert m.assign(prob, masks, keep).tolist() == [0, -1]
   with pytest.raises(ValueError, match='mask size'):
     m.step(np.zeros((1, 4, 4), bool))
+
+
+# ------------------------------------------------- shared detector init
+def test_detector_init_keeps_the_detector_and_frees_the_association(
+    tmp_path):
+  """scripts/detector_init.py: the association block and ID head are left
+  out, every other array is kept as it was; a run with other ID slots and
+  memory switches starts from it with those parts fresh."""
+  import importlib.util
+  import os
+
+  from iai_jax import checkpoints
+  spec = importlib.util.spec_from_file_location(
+      'detector_init', os.path.join(os.path.dirname(__file__), '..',
+                                    'scripts', 'detector_init.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  cfg = _config()
+  model = build_model(cfg.model)
+  rng = np.random.default_rng(0)
+  fake = lambda m: jax.tree.map(
+      lambda a: rng.normal(size=a.shape).astype(a.dtype),
+      iai_model.abstract_variables(m))
+  trained = fake(model)
+  part, dropped = mod.detector_part(trained)
+  assert dropped == ['params/association', 'params/head/conv_id',
+                     'params/head/id_convs_0']
+  flat_all = checkpoints.flatten(trained)
+  flat_part = checkpoints.flatten(part)
+  assert set(flat_part) == {
+      p for p in flat_all
+      if p[1] != 'association' and not p[2:3] in (('conv_id',),
+                                                  ('id_convs_0',))}
+  checkpoints.save_variables(str(tmp_path / 'det'), part,
+                             {'source': 'test', 'fresh': dropped})
+  # another number of ID slots: only the fresh parts change shape
+  other = _config(use_global=False)
+  with other.unlocked():
+    other.model.max_obj_num = cfg.model.max_obj_num + 5
+    other.init_from = str(tmp_path / 'det')
+  fresh = fake(build_model(other.model))
+  merged = checkpoints.flatten(checkpoints.init_from(other, fresh,
+                                                     log=lambda m: None))
+  fresh_flat = checkpoints.flatten(fresh)
+  for p, x in merged.items():
+    if p in flat_part:
+      np.testing.assert_array_equal(x, flat_part[p])
+    else:
+      np.testing.assert_array_equal(x, fresh_flat[p])
+  assert any(p[1] == 'association' for p in merged)
