@@ -187,3 +187,22 @@ def test_frame_grid():
   assert grid[8, 12, 0] == 0
   with pytest.raises(ValueError, match='differ in size'):
     overlay.frame_grid([images[0], np.zeros((5, 6, 3), np.uint8)])
+
+
+def test_readme_opens_with_the_overlay_still():
+  """README's picture: referenced before any section, committed, small, and
+  made by a script in scripts/."""
+  import os
+  import re
+
+  from PIL import Image
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(repo, 'README.md')) as fh:
+    head = fh.read().split('\n## ', 1)[0]
+  images = re.findall(r'!\[[^\]]*\]\(([^)]+\.png)\)', head)
+  assert images == ['docs/overlay_synthetic.png']
+  path = os.path.join(repo, images[0])
+  assert os.path.getsize(path) < 200 * 1024
+  with Image.open(path) as img:
+    assert img.format == 'PNG' and min(img.size) >= overlay.MIN_SIDE
+  assert os.path.exists(os.path.join(repo, 'scripts', 'overlay_still.py'))
