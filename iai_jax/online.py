@@ -145,11 +145,13 @@ class HostLoop:
 
   def _start(self, height, width):
     m, e = self.config.model, self.config.infer
+    resized, padded = inference_size(self.config, height, width)
+    # first, so a size the device side cannot serve changes nothing
+    self._memory, self._prev = self._initial_state(padded)
     self._size = (height, width)
-    self._resized, self._padded = inference_size(self.config, height, width)
-    self._scale = np.asarray([self._resized[1] / width,
-                              self._resized[0] / height] * 2, np.float32)
-    self._memory, self._prev = self._initial_state(self._padded)
+    self._resized, self._padded = resized, padded
+    self._scale = np.asarray([resized[1] / width, resized[0] / height] * 2,
+                             np.float32)
     self._tracker = tracking.make_tracker(self.config)
     self._video = tracking.VideoAccumulator(
         m.num_classes, m.max_obj_num, e.max_per_img,
