@@ -6,6 +6,7 @@
   python scripts/benchmark.py infer [--authors_python=PY --authors_src=DIR]
   python scripts/benchmark.py memory [--plot=PNG]
   python scripts/benchmark.py device [--json=device_check.json]
+  python scripts/benchmark.py export [--export_platforms='cpu;cpu,cuda']
   python scripts/benchmark.py all
 
 data:   training clips per second from TFDS records at 640x360 (a synthetic
@@ -25,6 +26,9 @@ device: the one-command accelerator check (GPU/TPU: at most 6 minutes;
         step alone), frame 1,000 against frame 10, the training step with
         one clip a device and with the largest batch that fits, compile
         times, peak device memory (``memory_stats()``; RSS on CPU).
+export: python -m iai_jax.export on random R50 weights: the artifact's size
+        and, in a fresh serving-only process, its load time, first frame
+        (compile) and ms/frame.
 
 Ratios to the authors come only from their code run beside ours in the same
 run: ``train`` and ``infer`` with ``--authors_python`` (their venv's python)
@@ -738,6 +742,118 @@ def bench_device(args, log=print) -> dict:
   return result
 
 
+# ----------------------------------------------------------------- export
+def bench_export(args, log=print) -> dict:
+  """The exported online step (python -m iai_jax.export, R50 by default):
+  per platform list, the export command's time, the artifact's files and
+  their sizes, then in a fresh process (serving only, no flax) the time to
+  load it, to build an ExportedSegmenter, its first frame (XLA compiles the
+  deserialized program) and ms per frame after that."""
+  import subprocess
+  import jax
+  from iai_jax import checkpoints, config_lib
+  from iai_jax.models import build_model
+
+  spec = 'configs/ytvis19.py' + (f':{args.variant}' if args.variant else '')
+  config = config_lib.make_config('ytvis19', args.variant or None)
+  h, w = args.video_size
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join(
+      [ROOT] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
+  out = {'config': spec, 'frame_size': f'{h}x{w}', 'artifacts': {}}
+  with tempfile.TemporaryDirectory() as tmp:
+    ckpt = os.path.join(tmp, 'ckpt')
+    checkpoints.save_variables(
+        ckpt, jax.device_get(random_variables(build_model(config.model))),
+        {'source': 'benchmark.py export (random weights)'})
+    for platforms in [p for p in args.export_platforms.split(';') if p]:
+      folder = os.path.join(tmp, platforms.replace(',', '_'))
+      cmd = [sys.executable, '-m', 'iai_jax.export', f'--config={spec}',
+             f'--checkpoint={ckpt}', f'--output={folder}',
+             f'--input_size={h},{w}', f'--platforms={platforms}']
+      log(f'[export] {" ".join(cmd[1:])}')
+      t = time.time()
+      r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
+                         text=True)
+      if r.returncode != 0:
+        raise RuntimeError(f'export failed: {(r.stderr or r.stdout)[-2000:]}')
+      a = {'export_command_s': time.time() - t}
+      with open(os.path.join(folder, 'manifest.json')) as f:
+        manifest = json.load(f)
+      a['export_s (trace and lower)'] = manifest['export_s']
+      a['padded_size'] = 'x'.join(map(str, manifest['padded_size']))
+      a['kernels'] = manifest['kernels']
+      a['files_mb'] = {n: os.path.getsize(os.path.join(folder, n)) / 2 ** 20
+                       for n in sorted(os.listdir(folder))}
+      a['total_mb'] = sum(a['files_mb'].values())
+      a['serve'] = _serve_timing(folder, h, w, args.export_frames, env)
+      # the in-process loop right after, on the same frames (this machine's
+      # speed drifts: compare within a run)
+      a['in_process'] = _serve_timing(folder, h, w, args.export_frames, env,
+                                      in_process=(spec, ckpt))
+      a['serve_ms_over_in_process_ms'] = (a['serve']['ms_per_frame']
+                                          / a['in_process']['ms_per_frame'])
+      out['artifacts'][platforms] = a
+      log(f'[export] {platforms}: {a["total_mb"]:.1f} MiB, load '
+          f'{a["serve"]["load_s"]:.2f} s, first frame '
+          f'{a["serve"]["first_frame_s"]:.1f} s, '
+          f'{a["serve"]["ms_per_frame"]:.0f} ms/frame (in process '
+          f'{a["in_process"]["ms_per_frame"]:.0f})')
+  return out
+
+
+_SERVE = """
+import json, sys, time
+t0 = time.time()
+import numpy as np
+from iai_jax import serving
+t1 = time.time()
+if len(sys.argv) > 5:  # the in-process loop on the same checkpoint
+  from iai_jax import checkpoints, config_lib, inference
+  art = serving.load(sys.argv[1])
+  config = config_lib.load_config_file(sys.argv[5])
+  variables = checkpoints.restore_variables(config, sys.argv[6],
+                                            log=lambda *_: None)
+  t2 = time.time()
+  seg = inference.OnlineSegmenter(config, variables)
+else:
+  art = serving.load(sys.argv[1])
+  t2 = time.time()
+  seg = serving.ExportedSegmenter(sys.argv[1])
+t3 = time.time()
+h, w, n = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rng = np.random.default_rng(0)
+video = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(4)]
+seg.step(video[0])
+t4 = time.time()
+ms = []
+for i in range(1, n):
+  t = time.time()
+  seg.step(video[i % 4])
+  ms.append((time.time() - t) * 1e3)
+bad = sorted(m for m in sys.modules if m.split('.')[0] == 'flax'
+             or m.startswith('iai_jax.models'))
+print(json.dumps({'import_s': t1 - t0, 'load_s': t2 - t1,
+                  'segmenter_s': t3 - t2, 'first_frame_s': t4 - t3,
+                  'ms_per_frame': float(np.median(ms)) if ms else None,
+                  'frames': n, 'compilations': seg.compilations(),
+                  'imports_flax_or_model': bad}))
+"""
+
+
+def _serve_timing(folder: str, h: int, w: int, frames: int, env,
+                  in_process=None) -> dict:
+  """The artifact served in a fresh process (see bench_export); with
+  ``in_process`` (config spec, checkpoint) the in-process OnlineSegmenter
+  instead (load_s is then the checkpoint's restore)."""
+  import subprocess
+  r = subprocess.run([sys.executable, '-c', _SERVE, folder, str(h), str(w),
+                      str(frames), *(in_process or ())], cwd=ROOT, env=env,
+                     capture_output=True, text=True)
+  if r.returncode != 0:
+    raise RuntimeError(f'serving failed: {(r.stderr or r.stdout)[-2000:]}')
+  return json.loads(r.stdout.strip().splitlines()[-1])
+
 
 def plot_series(path: str, ms, rss_series, title: str):
   """PNG of ms/frame (frames 2..N) and process RSS against the frame index."""
@@ -777,10 +893,15 @@ def plot_series(path: str, ms, rss_series, title: str):
   img.save(path)
 
 
-WHAT = ('data', 'frame', 'train', 'infer', 'memory', 'device', 'all')
+WHAT = ('data', 'frame', 'train', 'infer', 'memory', 'device', 'export',
+        'all')
 flags.DEFINE_list('video_size', ['360', '640'], 'infer/memory/device: H,W of '
                   'the video.')
 flags.DEFINE_integer('infer_frames', 100, 'infer: frames of the video.')
+flags.DEFINE_string('export_platforms', 'cpu;cpu,cuda', 'export: one '
+                    'artifact per ";"-separated entry, each a --platforms '
+                    'of python -m iai_jax.export.')
+flags.DEFINE_integer('export_frames', 10, 'export: frames served.')
 flags.DEFINE_integer('memory_frames', 1000, 'memory: frames of the video.')
 flags.DEFINE_integer('steps', 6, 'train: timed steps.')
 flags.DEFINE_list('train_size', ['192', '320'], 'train: H,W of the clip.')
@@ -852,7 +973,7 @@ def main(argv):
            'device_tests', 'device_parts', 'device_tests_k', 'device_frames',
            'device_train_steps', 'device_budget_s', 'authors_python',
            'authors_src', 'authors_harness', 'authors_threads', 'rounds',
-           'round_frames')
+           'round_frames', 'export_platforms', 'export_frames')
   args = types.SimpleNamespace(
       what=argv[1], **{k: flags.FLAGS[k].value for k in names},
       video_size=tuple(int(x) for x in flags.FLAGS.video_size),
@@ -885,6 +1006,8 @@ def main(argv):
                                    plot=args.plot)
   if args.what in ('frame', 'all'):
     result['frame'] = bench_frame(args)
+  if args.what in ('export', 'all'):
+    result['export'] = bench_export(args)
   print_result(result)
   if args.json:
     with open(args.json, 'w') as f:
