@@ -20,6 +20,9 @@ A frame of a video, as the authors' ``simple_test`` runs it:
    compilation per video size) and the video's tracks
    (:class:`iai_jax.tracking.VideoAccumulator`).
 
+Steps 1, 3 and 4 are :class:`iai_jax.online.HostLoop`, which a served
+artifact (:mod:`iai_jax.serving`) shares; step 2 is :func:`frame_step`.
+
 Static shapes throughout and a memory with a fixed number of slots, so frame
 10,000 costs what frame 10 costs. :class:`OnlineSegmenter` wraps it::
 
@@ -32,15 +35,18 @@ Static shapes throughout and a memory with a fixed number of slots, so frame
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from iai_jax import postprocess, preprocess
+from iai_jax import online, postprocess, preprocess
 from iai_jax.models import backbones, locations, rollout
 from iai_jax.models import iai as iai_model
+
+# the host side of the loop (:mod:`iai_jax.online`), under their old names
+check_frame = online.check_frame
+inference_size = online.inference_size
+prepare_frame = online.prepare_frame
 
 
 def frame_step(variables, memory, prev, image, image_size, scale, *, model,
@@ -96,31 +102,6 @@ def frame_step(variables, memory, prev, image, image_size, scale, *, model,
   return memory, cache, dets
 
 
-# ----------------------------------------------------------------- frames
-def inference_size(config, height: int, width: int
-                   ) -> tuple[tuple[int, int], tuple[int, int]]:
-  """((resized h, w), (padded H, W)) of a frame of the given size."""
-  short, long = config.input.size
-  resized = preprocess.rescale_size(height, width, short, long)
-  return resized, preprocess.padded_size(*resized, config.input.size_divisor)
-
-
-def prepare_frame(frame: np.ndarray, resized, padded) -> np.ndarray:
-  """(h0, w0, 3) uint8 RGB -> (H, W, 3) uint8, resized and zero padded."""
-  return preprocess.pad_image(preprocess.resize_image(frame, resized), padded)
-
-
-def check_frame(frame) -> np.ndarray:
-  """The frame as an (H, W, 3) uint8 array, or a ValueError saying why not."""
-  frame = np.asarray(frame)
-  if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-    raise ValueError(f'a frame must be an (H, W, 3) uint8 RGB array, got '
-                     f'{frame.shape} {frame.dtype}')
-  if min(frame.shape[:2]) < 1:
-    raise ValueError(f'a frame must have at least one pixel, got {frame.shape}')
-  return frame
-
-
 def _empty_prev(model, variables, padded, config):
   """A 'no previous frame' record with the right shapes (for the first call)."""
   d = min(config.infer.max_per_img,
@@ -134,8 +115,8 @@ def _empty_prev(model, variables, padded, config):
           'valid': jnp.zeros((), bool)}
 
 
-class OnlineSegmenter:
-  """Streaming video instance segmentation, one frame at a time.
+class OnlineSegmenter(online.HostLoop):
+  """Streaming video instance segmentation with the model in this process.
 
   ``step(frame)`` returns this frame's instances, each a dict with 'id'
   (stable through the video), 'label' (0-based class), 'category_id' (the
@@ -144,90 +125,24 @@ class OnlineSegmenter:
   predictions (see :meth:`iai_jax.tracking.VideoAccumulator.finish`) and
   ``reset()`` starts a new video (``step`` on a frame of another size does
   it too). Device memory and time per frame do not grow with the video.
+  The host side is :class:`iai_jax.online.HostLoop`; the device side is
+  :func:`frame_step`, jitted (one compilation per padded size).
   """
 
   def __init__(self, config, variables, category_ids=None):
-    from iai_jax import tracking
-    tracking.make_tracker(config)  # an unknown infer.tracker fails here
-    self.config = config
+    super().__init__(config, category_ids)
     self.model = iai_model.build_model(config.model)
     self.variables = variables
-    self.category_ids = category_ids
-    self._tracking = tracking
     self._step = jax.jit(functools.partial(frame_step, model=self.model,
                                            config=config))
-    self._masks = jax.jit(postprocess.original_masks,
-                          static_argnames=('resized', 'original', 'thr'))
-    self._size = None
-    self.frames = 0
 
   def compilations(self) -> int:
     """Programs compiled for the frame step so far (one per padded size)."""
     return self._step._cache_size()
 
-  def reset(self):
-    self._size = None
-    self.frames = 0
+  def _initial_state(self, padded):
+    memory = rollout.empty_memory(self.config.model, 1, padded)
+    return memory, _empty_prev(self.model, self.variables, padded, self.config)
 
-  def _start(self, height, width):
-    m, e = self.config.model, self.config.infer
-    self._size = (height, width)
-    self._resized, self._padded = inference_size(self.config, height, width)
-    self._scale = np.asarray([self._resized[1] / width,
-                              self._resized[0] / height] * 2, np.float32)
-    self._memory = rollout.empty_memory(m, 1, self._padded)
-    self._prev = _empty_prev(self.model, self.variables, self._padded,
-                             self.config)
-    self._tracker = self._tracking.make_tracker(self.config)
-    self._video = self._tracking.VideoAccumulator(
-        m.num_classes, m.max_obj_num, e.max_per_img,
-        score_thr=e.video_score_thr)
-    self.frames = 0
-
-  def step(self, frame: np.ndarray) -> list[dict[str, Any]]:
-    frame = check_frame(frame)
-    if self._size is None or frame.shape[:2] != self._size:
-      self._start(*frame.shape[:2])
-    image = prepare_frame(frame, self._resized, self._padded)
-    memory, cache, dets = self._step(
-        self.variables, self._memory, self._prev, image,
-        np.asarray(self._resized, np.int32), self._scale)
-    host = jax.device_get({k: dets[k] for k in
-                           ('found', 'valid', 'score', 'cls_prob', 'ctr',
-                            'id_prob', 'box')})
-    # for inspection (parity checks, tests): this frame's detections on the
-    # host, and all of them (mask probabilities too) on the device
-    self.last_detections, self.last_device = host, dets
-    valid = host['valid']
-    ids = self._tracker.assign(host['id_prob'], dets['masks'], valid)
-    new = bool(self._tracker.new_instance)
-    self._memory = memory
-    self._prev = {'cache': cache, 'masks': dets['masks'],
-                  'ids': jnp.asarray(ids), 'new': jnp.asarray(new),
-                  'valid': jnp.asarray(True)}
-    full = np.asarray(self._masks(dets['prob'], jnp.asarray(valid),
-                                  resized=tuple(self._resized),
-                                  original=tuple(self._size),
-                                  thr=self.config.infer.mask_thr))
-    class_scores = host['cls_prob'] * host['ctr'][:, None]
-    self._video.add_frame(ids, class_scores, full,
-                          self._tracker.num_issued)
-    instances = []
-    for d in np.flatnonzero(ids >= 0):
-      label = int(np.argmax(class_scores[d]))
-      inst = {'id': int(ids[d]), 'label': label,
-              'score': float(class_scores[d, label]),
-              'box': host['box'][d].tolist(), 'mask': full[d]}
-      if self.category_ids is not None:
-        inst['category_id'] = int(self.category_ids[label])
-      instances.append(inst)
-    self.frames += 1
-    return instances
-
-  def finish(self):
-    """The video's tracks; the segmenter is ready for a new video."""
-    if self._size is None:
-      return []
-    tracks = self._video.finish()
-    self.reset()
-    return tracks
+  def _run(self, memory, prev, image, image_size, scale):
+    return self._step(self.variables, memory, prev, image, image_size, scale)

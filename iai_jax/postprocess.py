@@ -27,16 +27,18 @@ detections per frame, ``valid`` flags for the real ones. In order:
 6. :func:`original_masks`: the output masks: probabilities cropped to the
    resized frame, bilinearly resized (half-pixel centres, no antialiasing) to
    the original frame, > 0.5, each kept detection minus the pixels of the
-   earlier kept ones.
+   earlier kept ones. It runs after the host's tracker, in
+   :mod:`iai_jax.online` (which a served model without the Flax code
+   imports); here under its old name.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from iai_jax.models import locations
+from iai_jax.online import original_masks, resize_bilinear  # noqa: F401
 from iai_jax.models.condinst import dynamic_mask_head, mask_logits_at_stride4
 from iai_jax.models.layers import aligned_bilinear
 
@@ -155,45 +157,3 @@ def id_mask(masks, ids, num_ids: int):
   background = ~with_id.any(axis=0)
   out = jnp.concatenate([channels, background[None]], axis=0)
   return jnp.moveaxis(out, 0, -1).astype(jnp.float32)
-
-
-def _bilinear_taps(n_in: int, n_out: int):
-  """Half-pixel bilinear (torch ``align_corners=False``) taps of one axis:
-  (lower index, upper index, upper weight), float32 as torch computes them."""
-  scale = np.float32(n_in) / np.float32(n_out)
-  src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale \
-      - np.float32(0.5)
-  src = np.maximum(src, np.float32(0.0))
-  lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-  frac = np.clip(src - lo.astype(np.float32), 0.0, 1.0).astype(np.float32)
-  hi = np.minimum(lo + 1, n_in - 1)
-  return lo, hi, frac
-
-
-def resize_bilinear(x, size):
-  """(D, h, w) -> (D, H, W) half-pixel bilinear, no antialiasing."""
-  d, h, w = x.shape
-  lo, hi, f = _bilinear_taps(h, size[0])
-  x = x[:, lo, :] * (1 - f)[None, :, None] + x[:, hi, :] * f[None, :, None]
-  lo, hi, f = _bilinear_taps(w, size[1])
-  return x[:, :, lo] * (1 - f)[None, None, :] + x[:, :, hi] * f[None, None, :]
-
-
-def original_masks(prob, keep, resized, original, thr: float = 0.5):
-  """Output masks (D, H0, W0) bool at the original frame size.
-
-  ``prob`` (D, H, W) padded-frame probabilities; ``resized`` / ``original``
-  static (h, w). Each kept detection's mask minus the pixels of the earlier
-  kept ones; the others all False.
-  """
-  crop = prob[:, :resized[0], :resized[1]]
-  masks = resize_bilinear(crop, original) > thr
-
-  def body(free, xs):
-    mask, ok = xs
-    new = mask & free & ok
-    return free & ~new, new
-
-  free0 = jnp.ones(tuple(original), bool)
-  _, out = jax.lax.scan(body, free0, (masks, keep))
-  return out

@@ -1,18 +1,43 @@
-"""Speed and memory record of iai_jax (never run by the tests).
+"""Speed and memory record of iai_jax (the tests run only ``device``, small).
 
   python scripts/benchmark.py data  [--json=OUT.json]
   python scripts/benchmark.py frame [--json=OUT.json]
+  python scripts/benchmark.py train [--authors_python=PY --authors_src=DIR]
+  python scripts/benchmark.py infer [--authors_python=PY --authors_src=DIR]
+  python scripts/benchmark.py memory [--plot=PNG]
+  python scripts/benchmark.py device [--json=device_check.json]
+  python scripts/benchmark.py export [--export_platforms='cpu;cpu,cuda']
   python scripts/benchmark.py all
 
-data:  training clips per second from TFDS records at 640x360 (a synthetic
-       dataset of 640x360 videos is generated and converted in a temp dir),
-       with the loader in this process and with worker processes.
-frame: the network's per-frame step (backbone, association with the memory,
-       FPN, heads, memory write) streaming one 360x640 frame at a time with
-       ResNet-50: compile time, ms per frame at frames 10 and 100, and
-       GFLOP/s achieved (XLA cost analysis).
+data:   training clips per second from TFDS records at 640x360 (a synthetic
+        dataset of 640x360 videos is generated and converted in a temp dir),
+        with the loader in this process and with worker processes.
+frame:  the network's per-frame step (backbone, association with the memory,
+        FPN, heads, memory write) streaming one 360x640 frame at a time with
+        ResNet-50: compile time, ms per frame at frames 10 and 100, and
+        GFLOP/s achieved (XLA cost analysis).
+train:  seconds per training step of one 5-frame clip (R50, 192x320).
+infer:  the online loop (OnlineSegmenter.step) on a 360x640 video.
+memory: the online loop over 1,000 frames: time and RSS against the frame.
+device: the one-command accelerator check (GPU/TPU: at most 6 minutes;
+        CPU: the tiny config at small sizes, so the tests run it), one JSON:
+        the tests marked ``accelerator`` (a pytest subprocess), R50 360x640
+        streaming ms/frame and FPS in fp32 and bf16 (whole loop and device
+        step alone), frame 1,000 against frame 10, the training step with
+        one clip a device and with the largest batch that fits, compile
+        times, peak device memory (``memory_stats()``; RSS on CPU).
+export: python -m iai_jax.export on random R50 weights: the artifact's size
+        and, in a fresh serving-only process, its load time, first frame
+        (compile) and ms/frame.
 
-Prints a table and, with --json, writes the figures as JSON.
+Ratios to the authors come only from their code run beside ours in the same
+run: ``train`` and ``infer`` with ``--authors_python`` (their venv's python)
+and ``--authors_src`` (the exported zfonemore/IAI tree) alternate our timed
+steps with the authors' harness (``--authors_harness``, default
+../shared/tools/authors-reference/iai_peer.py: ``--train-step`` /
+``--bench``) ``--rounds`` times and print the ratio of the medians.
+
+Prints the figures and, with --json, writes them as JSON.
 """
 
 from __future__ import annotations
@@ -26,7 +51,8 @@ import time
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 
 def machine() -> str:
@@ -118,31 +144,23 @@ def bench_frame(args) -> dict:
   }
 
 
-def bench_train(args) -> dict:
-  """Seconds per training step of one 5-frame clip (R50, 192x320 by default)."""
-  import functools
-  import jax
+def synthetic_clip_batch(config, batch: int, h: int, w: int) -> dict:
+  """``batch`` copies of one synthetic training clip of ``train.clip_len``
+  h x w frames: three rectangles moving right (at 192x320 the boxes of the
+  earlier records of this file; scaled with the frame otherwise)."""
   import numpy as np
-  from iai_jax import config_lib, train, train_state
-  from iai_jax.models import build_model, init_variables
-
-  config = config_lib.make_config('ytvis19', args.variant)
-  h, w = args.train_size
-  with config.unlocked():
-    config.input.size = (h, w)
-    config.train.batch_size = 1
-    if args.bf16:
-      config.model.dtype = 'bfloat16'
   t_len, n = config.train.clip_len, config.model.max_obj_num
+  sy, sx = h / 192, w / 320
   rng = np.random.default_rng(0)
   id_map = np.full((1, t_len, h, w), 255, np.uint8)
   box = np.zeros((1, t_len, n, 4), np.float32)
   present = np.zeros((1, t_len, n), bool)
   for k in range(3):  # three instances, moving right
     for t in range(t_len):
-      x0, y0 = 20 + 60 * k + 8 * t, 40 + 30 * k
-      id_map[0, t, y0:y0 + 60, x0:x0 + 50] = k
-      box[0, t, k] = (x0, y0, x0 + 50, y0 + 60)
+      x0, y0 = round((20 + 60 * k + 8 * t) * sx), round((40 + 30 * k) * sy)
+      x1, y1 = min(w, x0 + max(2, round(50 * sx))), min(h, y0 + max(2, round(60 * sy)))
+      id_map[0, t, y0:y1, x0:x1] = k
+      box[0, t, k] = (x0, y0, x1, y1)
       present[0, t, k] = True
   id_target = np.where(present, np.arange(n)[None, None], -1).astype(np.int32)
   id_target[0, 0, :3] = n - 1
@@ -151,35 +169,175 @@ def bench_train(args) -> dict:
   center = np.stack([(masks * np.arange(w)[:, None]).sum(axis=(2, 3)) / area,
                      (masks * np.arange(h)[:, None, None]).sum(axis=(2, 3))
                      / area], axis=-1).astype(np.float32)
-  batch = {'image': rng.integers(0, 255, (1, t_len, h, w, 3), dtype=np.uint8),
-           'image_size': np.broadcast_to(np.asarray([h, w], np.int32),
-                                         (1, t_len, 2)),
-           'center': center,
-           'mask4': np.moveaxis(masks[:, :, 2::4, 2::4], -1, 2).astype(np.uint8),
-           'id_map': id_map, 'box': box, 'present': present,
-           'label': np.array([[0, 1, 2] + [-1] * (n - 3)], np.int32),
-           'id_target': id_target,
-           'new_instance': np.array([[True] + [False] * (t_len - 1)])}
+  one = {'image': rng.integers(0, 255, (1, t_len, h, w, 3), dtype=np.uint8),
+         'image_size': np.broadcast_to(np.asarray([h, w], np.int32),
+                                       (1, t_len, 2)),
+         'center': center,
+         'mask4': np.moveaxis(masks[:, :, 2::4, 2::4], -1, 2).astype(np.uint8),
+         'id_map': id_map, 'box': box, 'present': present,
+         'label': np.array([[0, 1, 2] + [-1] * (n - 3)], np.int32),
+         'id_target': id_target,
+         'new_instance': np.array([[True] + [False] * (t_len - 1)])}
+  return {k: np.ascontiguousarray(np.repeat(v, batch, axis=0))
+          for k, v in one.items()}
+
+
+def random_variables(model, seed: int = 0):
+  """Random variables of the model's shapes without compiling its init
+  (which takes a minute on a busy CPU): kernels N(0, 1/fan_in); norm and
+  box scales, BatchNorm variances, GCT alpha 1; biases, BatchNorm means,
+  GCT gamma and beta 0. Speed does not depend on the values."""
+  import jax
+  import numpy as np
+  from iai_jax.models import abstract_variables
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = str(getattr(path[-1], 'key', path[-1]))
+    if name in ('scale', 'scales', 'var', 'alpha'):
+      return np.ones(s.shape, s.dtype)
+    if len(s.shape) < 2 or name.endswith('bias') or name in ('mean', 'beta',
+                                                             'gamma'):
+      return np.zeros(s.shape, s.dtype)
+    fan_in = int(np.prod(s.shape[:-1]))
+    return (rng.standard_normal(s.shape) / np.sqrt(fan_in)).astype(s.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract_variables(model))
+
+
+def train_step_runner(config, batch_per_device: int, variables=None):
+  """(compiled step, state, batch, compile seconds): the training step of
+  ``batch_per_device`` clips on every local device (the batch sharded over
+  the mesh axis 'data', as training does)."""
+  import functools
+  import jax
+  from iai_jax import train, train_state
+  from iai_jax.models import build_model
+
+  h, w = config.input.size
+  n_dev = jax.device_count()
   model = build_model(config.model)
-  variables = init_variables(model, jax.random.key(0))
+  if variables is None:
+    variables = random_variables(model)
   tx, _ = train_state.make_optimizer(config, variables['params'], 1000)
   state = train_state.create_train_state(variables, tx)
-  step = jax.jit(functools.partial(train.train_step, model=model, config=config,
-                                   tx=tx), donate_argnums=(0,))
+  mesh = train.make_mesh(config)
+  state_sh, batch_sh, repl = train.shardings(mesh, state)
+  state = jax.device_put(state, state_sh)
+  batch = train.global_batch(
+      synthetic_clip_batch(config, batch_per_device * n_dev, h, w), batch_sh)
+  step = jax.jit(functools.partial(train.train_step, model=model,
+                                   config=config, tx=tx),
+                 in_shardings=(state_sh, batch_sh, repl),
+                 out_shardings=(state_sh, repl), donate_argnums=(0,))
   t = time.time()
   compiled = step.lower(state, batch, jax.random.key(1)).compile()
-  compile_s = time.time() - t
+  return compiled, state, batch, time.time() - t
+
+
+def time_train_steps(compiled, state, batch, steps: int):
+  """Seconds of each of ``steps`` steps (the state is donated and replaced)."""
+  import jax
   times = []
-  for _ in range(args.steps):
+  for _ in range(steps):
     t = time.time()
     state, metrics = compiled(state, batch, jax.random.key(1))
     jax.block_until_ready(metrics)
     times.append(time.time() - t)
-  steady = float(np.median(times[1:]))
-  return {'variant': args.variant or 'r50', 'clip': f'{t_len}x{h}x{w}',
-          'dtype': config.model.dtype, 'compile_s': compile_s,
-          's_per_step': steady, 'authors_s_per_step': '3.1-3.5',
-          'ratio_to_authors': steady / 3.3}
+  return times, state
+
+
+def bench_train(args) -> dict:
+  """Seconds per training step of one 5-frame clip (R50, 192x320 by default);
+  with --authors_python, alternated with the authors' --train-step."""
+  import jax
+  import numpy as np
+  from iai_jax import config_lib
+  from iai_jax.models import build_model, init_variables
+
+  config = config_lib.make_config('ytvis19', args.variant)
+  h, w = args.train_size
+  with config.unlocked():
+    config.input.size = (h, w)
+    config.train.batch_size = 1
+    config.train.mesh_shape = (1,)
+    if args.bf16:
+      config.model.dtype = 'bfloat16'
+  model = build_model(config.model)
+  compiled, state, batch, compile_s = train_step_runner(
+      config, 1, init_variables(model, jax.random.key(0)))
+
+  def ours():
+    nonlocal state
+    times, state = time_train_steps(compiled, state, batch, args.steps)
+    return float(np.median(times[1:] if len(times) > 1 else times))
+
+  out = {'variant': args.variant or 'r50',
+         'clip': f'{config.train.clip_len}x{h}x{w}',
+         'dtype': config.model.dtype, 'compile_s': compile_s}
+  if args.authors_python:
+    out.update(side_by_side(
+        ours, authors_command(args, ['--train-step', '--train-size',
+                                     f'{h}x{w}', '--train-steps',
+                                     str(args.steps)]),
+        lambda r: r['train']['step_ms_median'] / 1e3, args.rounds,
+        'train step', 's'))
+  else:
+    out['s_per_step'] = ours()
+  return out
+
+
+# ----------------------------------------------------------------- authors
+def authors_command(args, mode: list) -> list:
+  """The authors' harness (their PyTorch code, run from their venv) for
+  ``mode``; it writes its figures to the JSON file appended last."""
+  harness = os.path.abspath(args.authors_harness)
+  if not os.path.isfile(harness):
+    raise app.UsageError(f'--authors_harness={harness} does not exist')
+  if not os.path.isdir(args.authors_src or ''):
+    raise app.UsageError(f'--authors_src={args.authors_src!r} is not a folder '
+                         'holding the exported zfonemore/IAI tree')
+  return [args.authors_python, harness, '--src', args.authors_src,
+          '--threads', str(args.authors_threads), *mode, '--bench-json']
+
+
+def run_authors(command: list, log=print) -> dict:
+  """Runs the harness once; its JSON."""
+  import subprocess
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, 'authors.json')
+    r = subprocess.run(command + [out], capture_output=True, text=True)
+    if r.returncode != 0 or not os.path.exists(out):
+      tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ['no output']
+      raise RuntimeError(f'the authors\' harness failed ({r.returncode}): '
+                         f'{tail[0]}')
+    with open(out) as f:
+      return json.load(f)
+
+
+def side_by_side(ours, command, figure, rounds: int, what: str, unit: str,
+                 log=print, run=run_authors) -> dict:
+  """Ours and the authors', alternated ``rounds`` times in one run.
+
+  ``ours()`` returns our figure for one round (it is compiled beforehand:
+  only steady state is compared); ``figure(json)`` picks theirs from the
+  harness's JSON. Returns both series, their medians and the ratio of the
+  medians (ours / theirs: below 1 is faster).
+  """
+  import numpy as np
+  mine, theirs = [], []
+  for r in range(rounds):
+    mine.append(float(ours()))
+    theirs.append(float(figure(run(command))))
+    log(f'[{what}] round {r + 1}/{rounds}: iai_jax {mine[-1]:.3f} {unit}, '
+        f'authors {theirs[-1]:.3f} {unit}')
+  m, t = float(np.median(mine)), float(np.median(theirs))
+  log(f'[{what}] median iai_jax {m:.3f} {unit}, authors {t:.3f} {unit}: '
+      f'ratio {m / t:.2f}')
+  return {f'iai_jax_{unit}': mine, f'authors_{unit}': theirs,
+          f'iai_jax_median_{unit}': m, f'authors_median_{unit}': t,
+          'ratio_of_medians': m / t, 'rounds': rounds,
+          'authors_command': ' '.join(command[:-1])}
 
 
 def _rss_mb() -> float:
@@ -194,7 +352,7 @@ def _results_mb(seg) -> float:
   """MB of RLE strings the video's results hold so far (kept for finish())."""
   masks = getattr(getattr(seg, '_video', None), '_masks', {})
   return sum(len(r['counts']) for per_id in masks.values()
-             for r in per_id.values()) / 2 ** 20
+             for r in per_id if r is not None) / 2 ** 20
 
 
 def _matmul_gflops() -> float:
@@ -209,8 +367,12 @@ def _matmul_gflops() -> float:
   return 2 * 2048 ** 3 * 10 / (time.time() - t) / 1e9
 
 
-def bench_infer(args, frames: int, marks, plot: str = '') -> dict:
-  """The online loop (OnlineSegmenter.step: device step + host IDs/masks)."""
+def bench_infer(args, frames: int, marks, plot: str = '',
+                authors: bool = False) -> dict:
+  """The online loop (OnlineSegmenter.step: device step + host IDs/masks);
+  with ``authors`` (--authors_python), rounds of ``--round_frames`` more
+  frames alternated with the authors' --bench (their streaming estimate:
+  one frame's backbone + its per-frame loop)."""
   import jax
   import numpy as np
   from iai_jax import config_lib, inference
@@ -243,7 +405,7 @@ def bench_infer(args, frames: int, marks, plot: str = '') -> dict:
   resized, bucket = inference.inference_size(config, h0, w0)
   lowered = seg._step.lower(seg.variables, seg._memory, seg._prev,
                             np.zeros((*bucket, 3), np.uint8),
-                            np.asarray(resized, np.int32))
+                            np.asarray(resized, np.int32), seg._scale)
   cost = lowered.compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   gflop = float(cost['flops']) / 1e9
@@ -271,11 +433,426 @@ def bench_infer(args, frames: int, marks, plot: str = '') -> dict:
       out[f'ms_at_frame_{m}'] = float(np.median(ms[lo:m - 1]))
       out[f'rss_mb_at_frame_{m}'] = rss.get(m, float('nan'))
       out[f'results_mb_at_frame_{m}'] = kept.get(m, float('nan'))
+  if authors:
+    def ours():
+      ts = []
+      for i in range(args.round_frames):
+        t = time.time()
+        seg.step(video[i % 4])
+        ts.append(time.time() - t)
+      return float(np.median(ts)) * 1e3
+
+    out['side_by_side'] = side_by_side(
+        ours, authors_command(args, ['--bench', '--bench-sizes',
+                                     f'{h0}x{w0}']),
+        lambda r: r['bench'][0]['streaming_estimate_ms_per_frame'],
+        args.rounds, 'online frame', 'ms')
   if plot:
     plot_series(plot, ms, rss_series,
                 f'{out["variant"]} {out["video"]}, {machine()}')
     out['plot'] = plot
   return out
+
+
+# ----------------------------------------------------------------- device
+PAPER_FPS = 32.8  # the paper's R50 online speed on one RTX A6000
+TARGET_BF16_FPS = 200  # issue 18: on one H100/H200-class GPU
+
+
+# the parts of the device check (--device_parts)
+PARTS = {'tests': 'tests', 'float32': 'fp32', 'bfloat16': 'bf16',
+         'train': 'train'}
+
+
+class Deadline:
+  """The device check's time budget: parts that would not fit are skipped
+  and say so."""
+
+  def __init__(self, seconds: float):
+    self.start = time.time()
+    self.end = self.start + seconds
+
+  def left(self) -> float:
+    return self.end - time.time()
+
+  def allows(self, seconds: float) -> bool:
+    return self.left() >= seconds
+
+
+def device_memory() -> dict | None:
+  """The first local device's allocator figures (None where jax has none,
+  as on CPU)."""
+  import jax
+  stats = jax.local_devices()[0].memory_stats()
+  if not stats:
+    return None
+  keys = ('bytes_in_use', 'peak_bytes_in_use', 'bytes_limit')
+  return {k: int(stats[k]) for k in keys if k in stats}
+
+
+def _peak_rss_mb() -> float:
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_marked_tests(mode: str, select: str, timeout: float) -> dict:
+  """The tests marked ``accelerator``, in a pytest subprocess: ``run``
+  them, ``collect`` (list them only) or ``skip``."""
+  import re
+  import subprocess
+  if mode == 'skip':
+    return {'skipped': 'not run (--device_tests=skip or not in --device_parts)'}
+  cmd = [sys.executable, '-m', 'pytest', '-q', '-m', 'accelerator',
+         '-p', 'no:cacheprovider', os.path.join(ROOT, 'tests')]
+  if mode == 'collect':
+    cmd.append('--collect-only')
+  if select:
+    cmd += ['-k', select]
+  env = dict(os.environ)
+  # the check's own process has not taken the device yet; the tests'
+  # subprocesses each take what they need
+  env['XLA_PYTHON_CLIENT_PREALLOCATE'] = 'false'
+  env['PYTHONPATH'] = os.pathsep.join(
+      [ROOT, os.path.join(ROOT, 'tests')]
+      + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
+  t = time.time()
+  try:
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    out, code = r.stdout, r.returncode
+  except subprocess.TimeoutExpired as e:
+    out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or '')
+    code = 'timeout'
+  lines = [l for l in out.strip().splitlines() if l.strip()]
+  summary = lines[-1].strip('= ') if lines else ''
+  counts = {k: int(n) for n, k in re.findall(
+      r'(\d+) (passed|failed|errors?|skipped|deselected|collected)', summary)}
+  result = {'command': ' '.join(cmd[1:]), 'returncode': code,
+            'seconds': time.time() - t, 'summary': summary, **counts,
+            'failures': [l for l in lines if l.startswith(('FAILED', 'ERROR'))]}
+  if mode == 'collect':
+    result['tests'] = [l for l in lines if '::' in l]
+  return result
+
+
+def stream(config, variables, video, frames: int, step_frames: int) -> dict:
+  """The online loop over ``frames`` frames of ``video`` (repeated):
+  compile (first frame), ms/frame of the whole loop (device step, IDs,
+  output masks, RLE) and of the device step alone, frame 10 against the
+  last frames, device memory."""
+  import jax
+  import numpy as np
+  from iai_jax import inference
+
+  seg = inference.OnlineSegmenter(config, variables)
+  t = time.time()
+  seg.step(video[0])
+  compile_s = time.time() - t
+  times, dets, mem = [], 0, {}
+  for i in range(1, frames):
+    t = time.time()
+    dets += len(seg.step(video[i % len(video)]))
+    times.append(time.time() - t)
+    if i + 1 in (10, frames):
+      mem[i + 1] = device_memory()
+  ms = np.asarray(times) * 1e3  # ms[j] is frame j + 2 (1-based)
+  steady = float(np.median(ms[min(8, len(ms) - 1):]))
+  at10 = float(np.median(ms[4:14]))
+  last = float(np.median(ms[-10:]))
+  # the device step alone, blocked each frame (memory in, memory out)
+  memory, prev = seg._memory, dict(seg._prev)
+  image = inference.prepare_frame(video[0], seg._resized, seg._padded)
+  size = np.asarray(seg._resized, np.int32)
+  step_ms = []
+  for _ in range(step_frames):
+    t = time.time()
+    memory, prev['cache'], d = seg._run(memory, prev, image, size, seg._scale)
+    jax.block_until_ready(d)
+    step_ms.append((time.time() - t) * 1e3)
+  step = float(np.median(step_ms[1:] if len(step_ms) > 1 else step_ms))
+  out = {'dtype': config.model.dtype,
+         'video': f'{video[0].shape[0]}x{video[0].shape[1]} -> '
+                  f'{seg._padded[0]}x{seg._padded[1]}',
+         'frames': frames, 'compile_s': compile_s,
+         'compilations': seg.compilations(),
+         'ms_per_frame': steady, 'fps': 1e3 / steady,
+         'device_step_ms': step, 'device_step_fps': 1e3 / step,
+         'detections_per_frame': dets / max(1, frames - 1),
+         'ms_at_frame_10': at10, f'ms_at_frame_{frames}': last,
+         f'frame_{frames}_vs_frame_10': last / at10}
+  if mem.get(10):
+    out['device_bytes_in_use_at_frame_10'] = mem[10]['bytes_in_use']
+    out[f'device_bytes_in_use_at_frame_{frames}'] = mem[frames]['bytes_in_use']
+  return out
+
+
+def train_check(config, variables, steps: int, deadline: Deadline,
+                search: bool, log) -> dict:
+  """The training step with one clip a device, then (where the device has
+  a memory limit) the largest batch a device that fits: predicted from
+  XLA's memory analysis of the one-clip program, then compiled and run,
+  20% smaller after each out-of-memory."""
+  import jax
+  import numpy as np
+
+  n_dev = jax.device_count()
+  compiled, state, batch, compile_s = train_step_runner(config, 1, variables)
+  times, state = time_train_steps(compiled, state, batch, steps)
+  ma = compiled.memory_analysis()
+  analysis = {k: int(getattr(ma, k)) for k in (
+      'argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes',
+      'temp_size_in_bytes', 'generated_code_size_in_bytes')
+      if ma is not None and hasattr(ma, k)}
+  s1 = float(np.median(times[1:] if len(times) > 1 else times))
+  out = {'devices': n_dev, 'clip_len': config.train.clip_len,
+         'clip': f'{config.train.clip_len}x{batch["image"].shape[2]}x'
+                 f'{batch["image"].shape[3]}', 'dtype': config.model.dtype,
+         'one_clip_a_device': {'compile_s': compile_s, 's_per_step': s1,
+                               'clips_per_s': n_dev / s1,
+                               'memory_analysis': analysis}}
+  del compiled, state, batch
+  mem = device_memory()
+  if not search:
+    out['largest_batch'] = 'not searched (--device_size=small)'
+    return out
+  if not mem or 'bytes_limit' not in mem or 'temp_size_in_bytes' not in analysis:
+    out['largest_batch'] = 'not searched: no device memory limit (CPU)'
+    return out
+  fixed = (analysis['argument_size_in_bytes'] + analysis['output_size_in_bytes']
+           - analysis.get('alias_size_in_bytes', 0)
+           + analysis.get('generated_code_size_in_bytes', 0))
+  per_clip = max(1, analysis['temp_size_in_bytes'])
+  b = max(1, int((0.9 * mem['bytes_limit'] - fixed) // per_clip))
+  out['largest_batch_predicted'] = b
+  tried = []
+  while b >= 1:
+    if not deadline.allows(2.5 * compile_s + 30):
+      out['largest_batch'] = (f'not verified: {deadline.left():.0f} s left '
+                              f'of the budget (tried {tried})')
+      return out
+    try:
+      compiled, state, batch, cs = train_step_runner(config, b, variables)
+      times, state = time_train_steps(compiled, state, batch, max(2, steps // 2))
+      sb = float(np.median(times[1:]))
+      out['largest_batch'] = {'batch_per_device': b, 'compile_s': cs,
+                              's_per_step': sb, 'clips_per_s': n_dev * b / sb,
+                              'tried': tried}
+      del compiled, state, batch
+      return out
+    except Exception as e:  # XLA's out-of-memory error has no own type
+      text = str(e)
+      if 'RESOURCE_EXHAUSTED' not in text and 'out of memory' not in text.lower():
+        raise
+      log(f'[train] {b} clips a device: out of memory')
+      tried.append(b)
+      b = int(b * 0.8) if b > 1 else 0
+  out['largest_batch'] = {'batch_per_device': 0, 'tried': tried}
+  return out
+
+
+def bench_device(args, log=print) -> dict:
+  """The accelerator check (see the module docstring); writes the JSON
+  after each part, so a run cut short keeps what it measured."""
+  deadline = Deadline(args.device_budget_s)
+  result = {'date': time.strftime('%Y-%m-%d')}
+
+  def save():
+    if args.json:
+      with open(args.json, 'w') as f:
+        json.dump(result, f, indent=1)
+
+  # the marked tests first, before this process takes the device
+  log('[device] accelerator-marked tests ...')
+  tests = args.device_tests if 'tests' in args.device_parts else 'skip'
+  result['tests'] = run_marked_tests(tests, args.device_tests_k,
+                                     max(30.0, deadline.left() - 150))
+  import jax
+  import numpy as np
+  from iai_jax import config_lib
+  from iai_jax.data import pipeline
+  from iai_jax.models import build_model
+
+  backend = jax.default_backend()
+  small = args.device_size == 'small' or (args.device_size == 'auto'
+                                          and backend == 'cpu')
+  dev = jax.local_devices()[0]
+  result.update({
+      'machine': machine(), 'backend': backend,
+      'device_kind': dev.device_kind, 'local_devices': jax.local_device_count(),
+      'devices': jax.device_count(), 'jax': jax.__version__,
+      'size': 'small' if small else 'full'})
+  save()
+  variant = 'tiny' if small else args.variant
+  config = config_lib.make_config('ytvis19', variant or None)
+  h0, w0 = (96, 160) if small else args.video_size
+  frames = args.device_frames or (30 if small else 1000)
+  step_frames = 5 if small else 100
+  rng = np.random.default_rng(0)
+  video = [rng.integers(0, 255, (h0, w0, 3), dtype=np.uint8) for _ in range(4)]
+  variables = random_variables(build_model(config.model))
+  result['stream'] = {}
+  for dtype in ('float32', 'bfloat16'):
+    n = frames if dtype == 'float32' else min(frames, 30 if small else 300)
+    if PARTS[dtype] not in args.device_parts:
+      result['stream'][dtype] = 'skipped: not in --device_parts'
+      continue
+    if not deadline.allows(30 if small else 60):
+      result['stream'][dtype] = f'skipped: {deadline.left():.0f} s left'
+      continue
+    cfg = config_lib.make_config('ytvis19', variant or None)
+    with cfg.unlocked():
+      cfg.model.dtype = dtype
+    log(f'[device] streaming {dtype}, {n} frames ...')
+    result['stream'][dtype] = stream(cfg, variables, video, n, step_frames)
+    result['peak_device_memory_after_stream'] = device_memory()
+    save()
+  s16 = result['stream'].get('bfloat16')
+  if isinstance(s16, dict) and not small:  # the paper's figure is R50's
+    result['paper'] = {'fps_rtx_a6000': PAPER_FPS,
+                       'bf16_fps_over_paper': s16['fps'] / PAPER_FPS,
+                       'target_bf16_fps': TARGET_BF16_FPS,
+                       'target_met': bool(s16['fps'] >= TARGET_BF16_FPS)}
+  if 'train' not in args.device_parts:
+    result['train'] = 'skipped: not in --device_parts'
+  elif deadline.allows(45 if small else 120):
+    tcfg = config_lib.make_config('ytvis19', variant or None)
+    with tcfg.unlocked():
+      if small:
+        tcfg.train.clip_len = 2
+        tcfg.input.size = (64, 96)
+      tcfg.train.batch_size = jax.device_count()
+    log(f'[device] training step at {pipeline.bucket_size(tcfg)} ...')
+    result['train'] = train_check(tcfg, variables, args.device_train_steps,
+                                  deadline, not small, log)
+  else:
+    result['train'] = f'skipped: {deadline.left():.0f} s left'
+  result['compile_s'] = {
+      **{f'stream_{k}': v['compile_s'] for k, v in result['stream'].items()
+         if isinstance(v, dict)},
+      **({'train_one_clip': result['train']['one_clip_a_device']['compile_s']}
+         if isinstance(result['train'], dict) else {}),
+      **({'train_largest_batch': result['train']['largest_batch']['compile_s']}
+         if isinstance(result['train'], dict)
+         and isinstance(result['train'].get('largest_batch'), dict)
+         and 'compile_s' in result['train']['largest_batch'] else {})}
+  result['peak_device_memory'] = device_memory()
+  result['peak_rss_mb'] = _peak_rss_mb()
+  result['seconds'] = time.time() - deadline.start
+  save()
+  return result
+
+
+# ----------------------------------------------------------------- export
+def bench_export(args, log=print) -> dict:
+  """The exported online step (python -m iai_jax.export, R50 by default):
+  per platform list, the export command's time, the artifact's files and
+  their sizes, then in a fresh process (serving only, no flax) the time to
+  load it, to build an ExportedSegmenter, its first frame (XLA compiles the
+  deserialized program) and ms per frame after that."""
+  import subprocess
+  import jax
+  from iai_jax import checkpoints, config_lib
+  from iai_jax.models import build_model
+
+  spec = 'configs/ytvis19.py' + (f':{args.variant}' if args.variant else '')
+  config = config_lib.make_config('ytvis19', args.variant or None)
+  h, w = args.video_size
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join(
+      [ROOT] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
+  out = {'config': spec, 'frame_size': f'{h}x{w}', 'artifacts': {}}
+  with tempfile.TemporaryDirectory() as tmp:
+    ckpt = os.path.join(tmp, 'ckpt')
+    checkpoints.save_variables(
+        ckpt, jax.device_get(random_variables(build_model(config.model))),
+        {'source': 'benchmark.py export (random weights)'})
+    for platforms in [p for p in args.export_platforms.split(';') if p]:
+      folder = os.path.join(tmp, platforms.replace(',', '_'))
+      cmd = [sys.executable, '-m', 'iai_jax.export', f'--config={spec}',
+             f'--checkpoint={ckpt}', f'--output={folder}',
+             f'--input_size={h},{w}', f'--platforms={platforms}']
+      log(f'[export] {" ".join(cmd[1:])}')
+      t = time.time()
+      r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
+                         text=True)
+      if r.returncode != 0:
+        raise RuntimeError(f'export failed: {(r.stderr or r.stdout)[-2000:]}')
+      a = {'export_command_s': time.time() - t}
+      with open(os.path.join(folder, 'manifest.json')) as f:
+        manifest = json.load(f)
+      a['export_s (trace and lower)'] = manifest['export_s']
+      a['padded_size'] = 'x'.join(map(str, manifest['padded_size']))
+      a['kernels'] = manifest['kernels']
+      a['files_mb'] = {n: os.path.getsize(os.path.join(folder, n)) / 2 ** 20
+                       for n in sorted(os.listdir(folder))}
+      a['total_mb'] = sum(a['files_mb'].values())
+      a['serve'] = _serve_timing(folder, h, w, args.export_frames, env)
+      # the in-process loop right after, on the same frames (this machine's
+      # speed drifts: compare within a run)
+      a['in_process'] = _serve_timing(folder, h, w, args.export_frames, env,
+                                      in_process=(spec, ckpt))
+      a['serve_ms_over_in_process_ms'] = (a['serve']['ms_per_frame']
+                                          / a['in_process']['ms_per_frame'])
+      out['artifacts'][platforms] = a
+      log(f'[export] {platforms}: {a["total_mb"]:.1f} MiB, load '
+          f'{a["serve"]["load_s"]:.2f} s, first frame '
+          f'{a["serve"]["first_frame_s"]:.1f} s, '
+          f'{a["serve"]["ms_per_frame"]:.0f} ms/frame (in process '
+          f'{a["in_process"]["ms_per_frame"]:.0f})')
+  return out
+
+
+_SERVE = """
+import json, sys, time
+t0 = time.time()
+import numpy as np
+from iai_jax import serving
+t1 = time.time()
+if len(sys.argv) > 5:  # the in-process loop on the same checkpoint
+  from iai_jax import checkpoints, config_lib, inference
+  art = serving.load(sys.argv[1])
+  config = config_lib.load_config_file(sys.argv[5])
+  variables = checkpoints.restore_variables(config, sys.argv[6],
+                                            log=lambda *_: None)
+  t2 = time.time()
+  seg = inference.OnlineSegmenter(config, variables)
+else:
+  art = serving.load(sys.argv[1])
+  t2 = time.time()
+  seg = serving.ExportedSegmenter(sys.argv[1])
+t3 = time.time()
+h, w, n = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rng = np.random.default_rng(0)
+video = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(4)]
+seg.step(video[0])
+t4 = time.time()
+ms = []
+for i in range(1, n):
+  t = time.time()
+  seg.step(video[i % 4])
+  ms.append((time.time() - t) * 1e3)
+bad = sorted(m for m in sys.modules if m.split('.')[0] == 'flax'
+             or m.startswith('iai_jax.models'))
+print(json.dumps({'import_s': t1 - t0, 'load_s': t2 - t1,
+                  'segmenter_s': t3 - t2, 'first_frame_s': t4 - t3,
+                  'ms_per_frame': float(np.median(ms)) if ms else None,
+                  'frames': n, 'compilations': seg.compilations(),
+                  'imports_flax_or_model': bad}))
+"""
+
+
+def _serve_timing(folder: str, h: int, w: int, frames: int, env,
+                  in_process=None) -> dict:
+  """The artifact served in a fresh process (see bench_export); with
+  ``in_process`` (config spec, checkpoint) the in-process OnlineSegmenter
+  instead (load_s is then the checkpoint's restore)."""
+  import subprocess
+  r = subprocess.run([sys.executable, '-c', _SERVE, folder, str(h), str(w),
+                      str(frames), *(in_process or ())], cwd=ROOT, env=env,
+                     capture_output=True, text=True)
+  if r.returncode != 0:
+    raise RuntimeError(f'serving failed: {(r.stderr or r.stdout)[-2000:]}')
+  return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def plot_series(path: str, ms, rss_series, title: str):
@@ -316,14 +893,21 @@ def plot_series(path: str, ms, rss_series, title: str):
   img.save(path)
 
 
-WHAT = ('data', 'frame', 'train', 'infer', 'memory', 'all')
-flags.DEFINE_list('video_size', ['360', '640'], 'infer/memory: H,W of the video.')
+WHAT = ('data', 'frame', 'train', 'infer', 'memory', 'device', 'export',
+        'all')
+flags.DEFINE_list('video_size', ['360', '640'], 'infer/memory/device: H,W of '
+                  'the video.')
 flags.DEFINE_integer('infer_frames', 100, 'infer: frames of the video.')
+flags.DEFINE_string('export_platforms', 'cpu;cpu,cuda', 'export: one '
+                    'artifact per ";"-separated entry, each a --platforms '
+                    'of python -m iai_jax.export.')
+flags.DEFINE_integer('export_frames', 10, 'export: frames served.')
 flags.DEFINE_integer('memory_frames', 1000, 'memory: frames of the video.')
 flags.DEFINE_integer('steps', 6, 'train: timed steps.')
 flags.DEFINE_list('train_size', ['192', '320'], 'train: H,W of the clip.')
 flags.DEFINE_bool('bf16', False, 'train: bfloat16 compute.')
-flags.DEFINE_string('json', '', 'Also write the figures to this JSON file.')
+flags.DEFINE_string('json', '', 'Also write the figures to this JSON file '
+                    '(device: default device_check.json).')
 flags.DEFINE_integer('videos', 12, 'data: videos of the temporary dataset.')
 flags.DEFINE_integer('batch', 4, 'data: clips a batch.')
 flags.DEFINE_integer('batches', 10, 'data: timed batches.')
@@ -331,6 +915,53 @@ flags.DEFINE_integer('frames', 30, 'frame: timed frames.')
 flags.DEFINE_string('variant', '', 'Config variants of ytvis19 (e.g. bf16).')
 flags.DEFINE_string('plot', '', 'memory: PNG of ms/frame and RSS against '
                     'the frame index.')
+# device
+flags.DEFINE_enum('device_size', 'auto', ['auto', 'small', 'full'],
+                  'device: full = R50 at --video_size, 1,000 frames, the '
+                  'largest training batch; small = the tiny config, 30 '
+                  'frames (auto: small on CPU, full elsewhere).')
+flags.DEFINE_enum('device_tests', 'run', ['run', 'collect', 'skip'],
+                  'device: run the accelerator-marked tests, only list them, '
+                  'or skip them.')
+flags.DEFINE_list('device_parts', ['tests', 'fp32', 'bf16', 'train'],
+                  'device: the parts to run (the marked tests, streaming in '
+                  'fp32 and in bf16, the training step); the others are '
+                  'reported as skipped.')
+flags.DEFINE_string('device_tests_k', '', 'device: pytest -k expression '
+                    'selecting among the accelerator-marked tests.')
+flags.DEFINE_integer('device_frames', 0, 'device: frames of the fp32 video '
+                     '(0: 1,000 full, 30 small).')
+flags.DEFINE_integer('device_train_steps', 6, 'device: timed training steps.')
+flags.DEFINE_float('device_budget_s', 330, 'device: seconds the check may '
+                   'take; parts that would not fit are skipped and say so.')
+# the authors' code side by side (train, infer)
+flags.DEFINE_string('authors_python', '', 'train/infer: the python of the '
+                    'authors\' venv; runs their harness alternated with ours '
+                    'and prints the ratio of the medians.')
+flags.DEFINE_string('authors_src', os.environ.get('IAI_SRC', ''),
+                    'train/infer: the exported zfonemore/IAI tree '
+                    '(default $IAI_SRC).')
+flags.DEFINE_string('authors_harness', os.path.join(
+    ROOT, '..', 'shared', 'tools', 'authors-reference', 'iai_peer.py'),
+                    'train/infer: the harness running their code.')
+flags.DEFINE_integer('authors_threads', 2, 'train/infer: their torch threads.')
+flags.DEFINE_integer('rounds', 3, 'train/infer with --authors_python: '
+                     'alternations (ours, theirs).')
+flags.DEFINE_integer('round_frames', 30, 'infer with --authors_python: our '
+                     'frames a round.')
+
+
+def print_result(result: dict, indent: str = ''):
+  for k, v in result.items():
+    if isinstance(v, dict):
+      print(f'{indent}[{k}]')
+      print_result(v, indent + '  ')
+    elif isinstance(v, float):
+      print(f'{indent}{k:<32} {v:.3f}')
+    elif isinstance(v, list) and len(v) > 8:
+      print(f'{indent}{k:<32} [{len(v)} items]')
+    else:
+      print(f'{indent}{k:<32} {v}')
 
 
 def main(argv):
@@ -338,30 +969,46 @@ def main(argv):
     raise app.UsageError(f'usage: benchmark.py {{{"|".join(WHAT)}}} [--flags]')
   import types
   names = ('infer_frames', 'memory_frames', 'steps', 'bf16', 'json', 'videos',
-           'batch', 'batches', 'frames', 'variant', 'plot')
+           'batch', 'batches', 'frames', 'variant', 'plot', 'device_size',
+           'device_tests', 'device_parts', 'device_tests_k', 'device_frames',
+           'device_train_steps', 'device_budget_s', 'authors_python',
+           'authors_src', 'authors_harness', 'authors_threads', 'rounds',
+           'round_frames', 'export_platforms', 'export_frames')
   args = types.SimpleNamespace(
       what=argv[1], **{k: flags.FLAGS[k].value for k in names},
       video_size=tuple(int(x) for x in flags.FLAGS.video_size),
       train_size=tuple(int(x) for x in flags.FLAGS.train_size))
+  unknown = set(args.device_parts) - set(PARTS.values())
+  if unknown:
+    raise app.UsageError(f'--device_parts: unknown {sorted(unknown)}, known '
+                         f'{sorted(set(PARTS.values()))}')
+  if args.authors_python and args.what not in ('train', 'infer'):
+    raise app.UsageError('--authors_python goes with train or infer')
+  if args.what == 'device':
+    # the largest training batch: let the check's process use most of the
+    # accelerator's memory (jax preallocates 75% by default)
+    os.environ.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.92')
+    args.json = args.json or 'device_check.json'
+    result = bench_device(args)
+    print_result(result)
+    print(f'wrote {os.path.abspath(args.json)}')
+    return
   result = {'machine': machine(), 'date': time.strftime('%Y-%m-%d')}
   if args.what in ('data', 'all'):
     result['data'] = bench_data(args)
   if args.what in ('train', 'all'):
     result['train'] = bench_train(args)
   if args.what in ('infer', 'all'):
-    result['infer'] = bench_infer(args, args.infer_frames, (10, 100))
+    result['infer'] = bench_infer(args, args.infer_frames, (10, 100),
+                                  authors=bool(args.authors_python))
   if args.what in ('memory', 'all'):
     result['memory'] = bench_infer(args, args.memory_frames, (10, 100, 1000),
                                    plot=args.plot)
   if args.what in ('frame', 'all'):
     result['frame'] = bench_frame(args)
-  for section, figures in result.items():
-    if isinstance(figures, dict):
-      print(f'[{section}]')
-      for k, v in figures.items():
-        print(f'  {k:<28} {v:.2f}' if isinstance(v, float) else f'  {k:<28} {v}')
-    else:
-      print(f'{section}: {figures}')
+  if args.what in ('export', 'all'):
+    result['export'] = bench_export(args)
+  print_result(result)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(result, f, indent=1)

@@ -186,6 +186,7 @@ def _video(seed, n, h=90, w=150):
   return [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(n)]
 
 
+@pytest.mark.accelerator
 def test_online_loop_compiles_once_per_padded_size_and_keeps_ids(segmenter):
   seg = segmenter
   n = seg.config.model.max_obj_num

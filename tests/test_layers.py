@@ -257,14 +257,19 @@ def test_cpu_and_generic_kernels_give_the_same_numbers():
     return jnp.sum(a ** 2) + jnp.sum(b * x) + jnp.sum(c ** 3)
 
   results = {}
+  traced = []
   for kind in ('cpu', 'generic'):
     with kernels.forced(kind):
       assert kernels.cpu_paths() == (kind == 'cpu')
       assert kernels.scan_unroll('auto') == (True if kind == 'cpu' else 1)
-      out = jax.jit(ops)(x, k3, dw_vars['params']['kernel'])
-      grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(
+      # a new function object per kind: jit caches traces by function, and
+      # the kernel choice is made while tracing
+      out = jax.jit(lambda *a: (traced.append(kind), ops(*a))[1])(
+          x, k3, dw_vars['params']['kernel'])
+      grads = jax.jit(jax.grad(lambda *a: loss(*a), argnums=(0, 1, 2)))(
           x, k3, dw_vars['params']['kernel'])
     results[kind] = (out, grads)
+  assert traced == ['cpu', 'generic']
   for a, b in zip(jax.tree_util.tree_leaves(results['cpu']),
                   jax.tree_util.tree_leaves(results['generic'])):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
@@ -272,3 +277,38 @@ def test_cpu_and_generic_kernels_give_the_same_numbers():
   with pytest.raises(ValueError, match='cpu or generic'):
     with kernels.forced('gpu'):
       pass
+
+
+def test_multi_platform_export_runs_each_platforms_kernels():
+  """Traced for cpu and cuda at once (kernels.for_platforms), the ops carry
+  both implementations behind lax.platform_dependent: on CPU the exported
+  program gives the CPU paths' numbers, and the cuda program holds XLA's
+  grouped convolution and reduce_window (the generic paths)."""
+  from jax import export
+  from iai_jax.models import kernels
+  rng = np.random.default_rng(8)
+  x = jnp.asarray(rng.normal(size=(1, 6, 10, 16)), jnp.float32)
+  k3 = jnp.asarray(rng.normal(size=(3, 3, 16, 8)), jnp.float32)
+  dwk = jnp.asarray(rng.normal(size=(5, 5, 1, 16)), jnp.float32)
+  dw = L.DepthwiseConv(5)
+
+  def ops(x, k3, dwk):
+    return (L.conv3x3(x, k3), dw.apply({'params': {'kernel': dwk}}, x),
+            L.max_pool_3x3_s2(x))
+
+  with kernels.forced('cpu'):
+    want = jax.jit(ops)(x, k3, dwk)
+  for platforms, kind in ((('cpu',), 'cpu'), (('cuda',), 'generic'),
+                          (('cpu', 'cuda'), kernels.PER_PLATFORM)):
+    with kernels.for_platforms(platforms) as chosen:
+      assert chosen == kind
+      exp = export.export(jax.jit(lambda *a: ops(*a)),  # a fresh trace
+                          platforms=platforms)(x, k3, dwk)
+    text = exp.mlir_module()
+    generic = 'feature_group_count = 16' in text and 'reduce_window' in text
+    assert generic == (kind != 'cpu'), kind
+    if 'cpu' in platforms:
+      got = export.deserialize(exp.serialize()).call(x, k3, dwk)
+      for a, b in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert not kernels.per_platform()

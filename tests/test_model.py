@@ -166,6 +166,7 @@ def tiny():
   return cfg, model, init_variables(model, jax.random.key(0))
 
 
+@pytest.mark.accelerator
 def test_bf16_switch_keeps_fp32_params(tiny):
   cfg, model, variables = tiny
   x = jax.random.normal(jax.random.key(2), (1, 64, 96, 3))
@@ -189,6 +190,7 @@ def test_bf16_switch_keeps_fp32_params(tiny):
     assert not np.array_equal(a, b)
 
 
+@pytest.mark.accelerator
 def test_online_loop_over_100_frames_compiles_once(tiny):
   cfg, model, variables = tiny
   traces = []

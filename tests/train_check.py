@@ -97,7 +97,8 @@ def main():
   flat = np.concatenate([np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(params)])
   if jax.process_index() == 0:
     np.savez(a.out, losses=np.asarray(losses), params=flat,
-             devices=jax.device_count())
+             devices=jax.device_count(), backend=jax.default_backend(),
+             local_devices=jax.local_device_count())
 
 
 if __name__ == '__main__':

@@ -16,6 +16,12 @@ On other backends (GPU, TPU) the plain XLA ops are used: XLA's convolution,
 grouped convolution, ``reduce_window`` and a rolled scan. :func:`cpu_paths`
 decides at trace time; :func:`forced` (tests, benchmarks) or the environment
 variable ``IAI_JAX_KERNELS=cpu|generic`` pick one path on any backend.
+
+A program exported for several platforms (``python -m iai_jax.export
+--platforms=cpu,cuda``) is traced once for all of them: under
+:func:`for_platforms` the ops call :func:`select`, which then emits both
+implementations behind ``jax.lax.platform_dependent``, so the CPU runs the
+CPU one and the accelerator XLA's op (the scan stays rolled there).
 """
 
 from __future__ import annotations
@@ -27,10 +33,14 @@ import jax
 
 SMALL_MAP = 128  # output positions below which conv3x3 uses im2col on CPU
 _forced: list[str] = []
+PER_PLATFORM = 'per_platform'  # both paths, chosen when the program runs
 
 
 def cpu_paths() -> bool:
-  """True where the CPU-specific implementations are used."""
+  """True where the CPU-specific implementations are used (False while
+  tracing for several platforms: see :func:`select`)."""
+  if per_platform():
+    return False
   kind = _forced[-1] if _forced else os.environ.get('IAI_JAX_KERNELS', '')
   if kind:
     if kind not in ('cpu', 'generic'):
@@ -49,6 +59,41 @@ def forced(kind: str):
     yield
   finally:
     _forced.pop()
+
+
+@contextlib.contextmanager
+def for_platforms(platforms):
+  """Trace a program to be exported for ``platforms`` (jax.export names:
+  'cpu', 'cuda', 'rocm', 'tpu'): the CPU paths when all are 'cpu', the
+  generic ones when none is, both behind ``lax.platform_dependent`` else."""
+  platforms = tuple(platforms)
+  if not platforms:
+    raise ValueError('kernels.for_platforms: no platform given')
+  if all(p == 'cpu' for p in platforms):
+    kind = 'cpu'
+  elif 'cpu' not in platforms:
+    kind = 'generic'
+  else:
+    kind = PER_PLATFORM
+  _forced.append(kind)
+  try:
+    yield kind
+  finally:
+    _forced.pop()
+
+
+def per_platform() -> bool:
+  """True while tracing for a mix of CPU and other platforms."""
+  return bool(_forced) and _forced[-1] == PER_PLATFORM
+
+
+def select(cpu_fn, generic_fn, *args):
+  """``cpu_fn(*args)`` where :func:`cpu_paths`, else ``generic_fn(*args)``;
+  both behind ``jax.lax.platform_dependent`` under a mixed
+  :func:`for_platforms` (same output shapes and dtypes)."""
+  if per_platform():
+    return jax.lax.platform_dependent(*args, cpu=cpu_fn, default=generic_fn)
+  return cpu_fn(*args) if cpu_paths() else generic_fn(*args)
 
 
 def scan_unroll(setting):

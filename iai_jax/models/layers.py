@@ -121,19 +121,26 @@ def conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1,
   x, kernel = x.astype(dtype), kernel.astype(dtype)
   h, w = x.shape[-3], x.shape[-2]
   oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
-  if oh * ow >= kernels.SMALL_MAP or not kernels.cpu_paths():
+
+  def xla(x, kernel):
     return jax.lax.conv_general_dilated(
         x, kernel, (stride, stride), ((1, 1), (1, 1)),
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  cols = jnp.concatenate(
-      [xp[:, i:i + stride * (oh - 1) + 1:stride,
-          j:j + stride * (ow - 1) + 1:stride, :]
-       for i in range(3) for j in range(3)], axis=-1)
-  # accumulate in float32 also for bf16 inputs (as XLA's convolution does)
-  y = jnp.matmul(cols, kernel.reshape(-1, kernel.shape[-1]),
-                 preferred_element_type=jnp.float32)
-  return y.astype(dtype)
+
+  def im2col(x, kernel):
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = jnp.concatenate(
+        [xp[:, i:i + stride * (oh - 1) + 1:stride,
+            j:j + stride * (ow - 1) + 1:stride, :]
+         for i in range(3) for j in range(3)], axis=-1)
+    # accumulate in float32 also for bf16 inputs (as XLA's convolution does)
+    y = jnp.matmul(cols, kernel.reshape(-1, kernel.shape[-1]),
+                   preferred_element_type=jnp.float32)
+    return y.astype(dtype)
+
+  if oh * ow >= kernels.SMALL_MAP:
+    return xla(x, kernel)
+  return kernels.select(im2col, xla, x, kernel)
 
 
 class Conv3x3(Conv1x1):
@@ -153,17 +160,21 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   select-and-scatter, which on CPU took 60 ms for the stem output of 20
   frames of 96x160. Elsewhere ``nn.max_pool``.
   """
-  if not kernels.cpu_paths():
+  def views(x):
+    h, w = x.shape[-3], x.shape[-2]
+    oh, ow = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    out = None
+    for i in range(3):
+      for j in range(3):
+        v = xp[:, i:i + 2 * (oh - 1) + 1:2, j:j + 2 * (ow - 1) + 1:2, :]
+        out = v if out is None else jnp.maximum(out, v)
+    return out
+
+  def xla(x):
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-  h, w = x.shape[-3], x.shape[-2]
-  oh, ow = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-  out = None
-  for i in range(3):
-    for j in range(3):
-      v = xp[:, i:i + 2 * (oh - 1) + 1:2, j:j + 2 * (ow - 1) + 1:2, :]
-      out = v if out is None else jnp.maximum(out, v)
-  return out
+
+  return kernels.select(views, xla, x)
 
 
 class DepthwiseConv(nn.Module):
@@ -186,19 +197,24 @@ class DepthwiseConv(nn.Module):
     kernel = kernel.astype(self.dtype)
     x = x.astype(self.dtype)
     p = k // 2
-    if not kernels.cpu_paths():
+
+    def xla(x, kernel):
       lead = x.shape[:-3]
       y = jax.lax.conv_general_dilated(
           x.reshape((-1,) + x.shape[-3:]), kernel, (1, 1), ((p, p), (p, p)),
           dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
       return y.reshape(lead + y.shape[1:])
-    h, w = x.shape[-3], x.shape[-2]
-    xp = jnp.pad(x, ((0, 0),) * (x.ndim - 3) + ((p, p), (p, p), (0, 0)))
-    out = jnp.zeros_like(x)
-    for i in range(k):
-      for j in range(k):
-        out = out + xp[..., i:i + h, j:j + w, :] * kernel[i, j, 0]
-    return out
+
+    def shifted(x, kernel):
+      h, w = x.shape[-3], x.shape[-2]
+      xp = jnp.pad(x, ((0, 0),) * (x.ndim - 3) + ((p, p), (p, p), (0, 0)))
+      out = jnp.zeros_like(x)
+      for i in range(k):
+        for j in range(k):
+          out = out + xp[..., i:i + h, j:j + w, :] * kernel[i, j, 0]
+      return out
+
+    return kernels.select(shifted, xla, x, kernel)
 
 
 class GCT(nn.Module):
