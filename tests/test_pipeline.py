@@ -269,3 +269,24 @@ def test_unreadable_frame_and_bad_mask_name_the_video_and_frame():
                        match=r'video 7 frame 0 \(v/00000.jpg\): the mask of '
                        f'track 0: the run lengths of "counts" {problem}'):
       P.make_training_clip(bad, np.random.default_rng(0), cfg)
+
+
+def test_training_loop_reports_the_bad_record_however_it_is_wrapped():
+  from iai_jax import train
+  cfg = _config(clip_len=2, batch_size=2, clips_per_video=1)
+  good = _record(frames=2, tracks=[(0, False, {0: (2, 6, 2, 6)})])
+  bad = dict(good, video_id=9, frames=[good['frames'][0][:40]] * 2)
+  it = iter(P.training_dataset(cfg, [good, bad], prefetch=1))
+  with pytest.raises(P.TrainingDataError, match='video 9 frame .: the image '
+                     'does not decode'):
+    for _ in range(4):
+      train.next_batch(it)
+
+  class Wrapped:  # as a worker process re-raises it
+    def __next__(self):
+      try:
+        raise P.TrainingDataError('video 3 frame 1: the image does not decode')
+      except P.TrainingDataError as e:
+        raise RuntimeError('worker failed') from e
+  with pytest.raises(P.TrainingDataError, match='video 3 frame 1'):
+    train.next_batch(Wrapped())
