@@ -197,3 +197,33 @@ def test_interrupted_conversion_keeps_the_previous_checkpoint(tmp_path,
   with pytest.raises(checkpoints.CheckpointDamagedError,
                      match='does not read.*convert the checkpoint again'):
     checkpoints.read_meta(out)
+
+
+def test_predict_on_broken_checkpoints_is_one_line(tmp_path):
+  """Through the command: the warnings on stdout, one error line on stderr
+  (no 'Event loop is closed' tracebacks around it), exit 1."""
+  import subprocess
+  import sys
+
+  from PIL import Image
+  cfg = train_check.tiny_config(batch_size=2)
+  ckpts = _workdir(tmp_path / 'w', cfg)
+  for step in ('2', '4'):
+    _truncate(ckpts / step / 'state' / '_METADATA')
+  frames = tmp_path / 'frames'
+  frames.mkdir()
+  Image.new('RGB', (96, 64)).save(frames / '0.png')
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = subprocess.run(
+      [sys.executable, '-m', 'iai_jax.main', '--mode=predict',
+       '--config=configs/ytvis19.py:tiny', '--config.model.max_obj_num=4',
+       f'--checkpoint={tmp_path / "w"}', f'--input={frames}',
+       f'--output={tmp_path / "o"}'],
+      capture_output=True, text=True, cwd=repo, timeout=300,
+      env=dict(os.environ, PYTHONPATH=repo))
+  assert run.returncode == 1, run.stderr[-3000:]
+  assert run.stderr == (f'error: no checkpoint in {ckpts} loads ({ckpts / "4"}'
+                        f', {ckpts / "2"}); train again or pass another '
+                        'checkpoint\n'), run.stderr[-3000:]
+  assert run.stdout.count('warning: checkpoint') == 2
+  assert not (tmp_path / 'o').exists()
