@@ -33,6 +33,8 @@ class PredictError(RuntimeError):
 
 # ----------------------------------------------------------------- paths
 _FRAME_EXT = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+# what predict_video writes; --overwrite replaces only folders of these
+OUTPUTS = ('overlay.mp4', 'overlay.gif', 'results.json', 'masks')
 
 
 def _frame_names(path: str) -> list[str]:
@@ -56,11 +58,22 @@ def check_paths(input_path: str, output_dir: str, overwrite: bool = False
   out = os.path.abspath(output_dir)
   if os.path.lexists(out) and not os.path.isdir(out):
     raise PredictError(f'output {out} is a file; pass a folder with --output')
-  if os.path.isdir(out) and os.listdir(out) and not overwrite:
+  present = sorted(os.listdir(out)) if os.path.isdir(out) else []
+  listed = ', '.join(present[:4]) + (', ...' if len(present) > 4 else '')
+  if present and not overwrite:
     raise PredictError(
-        f'output folder {out} is not empty ({", ".join(sorted(os.listdir(out))[:4])}'
-        f'{", ..." if len(os.listdir(out)) > 4 else ""}); pass --overwrite to '
+        f'output folder {out} is not empty ({listed}); pass --overwrite to '
         'replace its content as a whole, or choose another --output')
+  if out in (os.path.abspath(os.sep), os.path.expanduser('~'), os.getcwd()):
+    raise PredictError(f'output folder {out} would be replaced as a whole; '
+                       'choose a folder of its own for --output')
+  foreign = [n for n in present if n not in OUTPUTS]
+  if foreign:  # --overwrite deletes the folder: only ever a prediction's
+    raise PredictError(
+        f'output folder {out} holds files that a prediction does not write '
+        f'({", ".join(foreign[:4])}{", ..." if len(foreign) > 4 else ""}); '
+        '--overwrite replaces the folder as a whole, so choose an empty or '
+        'new --output')
   parent = os.path.dirname(out)
   while parent and not os.path.exists(parent):
     parent = os.path.dirname(parent)

@@ -161,6 +161,12 @@ def test_metrics_log_keeps_one_row_a_step_after_a_resume(tmp_path):
   assert [json.loads(l)['step'] for l in path.read_text().splitlines()] == [
       1, 2, 3, 4]
   assert train.truncate_metrics(str(path), 4) == 0
+  # the writer of a run resumed from step 3 drops step 4 before it logs it
+  writer = train.MetricWriter(str(tmp_path), log=lambda *_: None, start=3)
+  writer.write(4, {'total': 0.5})
+  writer.close()
+  assert [json.loads(l)['step'] for l in path.read_text().splitlines()] == [
+      1, 2, 3, 4]
 
 
 def test_interrupted_conversion_keeps_the_previous_checkpoint(tmp_path,

@@ -171,6 +171,13 @@ def test_predict_output_folder_is_refused_or_replaced_whole(tiny, tmp_path,
   predict.predict_video(cfg, variables, str(folder), str(out),
                         overwrite=True, **quiet)
   assert sorted(os.listdir(out)) == ['overlay.mp4', 'results.json']
+  # --overwrite never deletes what a prediction did not write
+  (out / 'notes.txt').write_text('mine')
+  with pytest.raises(predict.PredictError, match=r'holds files that a '
+                     r'prediction does not write \(notes.txt\)'):
+    predict.check_paths(str(folder), str(out), overwrite=True)
+  with pytest.raises(predict.PredictError, match='folder of its own'):
+    predict.check_paths(str(folder), os.getcwd(), overwrite=True)
 
 
 def test_predict_unwritable_output_fails_before_any_frame(tiny, tmp_path,
