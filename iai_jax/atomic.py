@@ -5,7 +5,8 @@ and renamed over the old one (:func:`write_text`, :func:`write_json`,
 :func:`write_bytes`). A folder of outputs (a converted checkpoint, the
 outputs of a prediction) is written into a fresh staging folder next to it
 and then swapped in as a whole (:func:`staged_dir`): until the swap the old
-folder is untouched, after it the old content is gone. The swap is one
+folder is untouched, after it the old content is gone. The staging folder
+of a process killed before its swap is deleted by the next write. The swap is one
 ``renameat2(RENAME_EXCHANGE)`` call on Linux; elsewhere two renames.
 """
 
@@ -105,12 +106,39 @@ def staging_path(final: str) -> str:
                       f'.{os.path.basename(final)}.partial-{os.getpid()}')
 
 
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
+
+
+def remove_stale_stages(final: str) -> list[str]:
+  """Delete the staging folders of ``final`` left by processes that no
+  longer run (killed before their swap); returns their paths."""
+  final = os.path.abspath(final)
+  folder, prefix = os.path.dirname(final), f'.{os.path.basename(final)}.partial-'
+  removed = []
+  if not os.path.isdir(folder):
+    return removed
+  for name in os.listdir(folder):
+    pid = name[len(prefix):]
+    if name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+      shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+      removed.append(os.path.join(folder, name))
+  return removed
+
+
 @contextlib.contextmanager
 def staged_dir(final: str) -> Iterator[str]:
   """Yields an empty staging folder; when the block ends normally it
   replaces ``final`` as a whole, when it raises (or is interrupted) it is
   removed and ``final`` stays as it was."""
   final = os.path.abspath(final)
+  remove_stale_stages(final)
   stage = staging_path(final)
   if os.path.lexists(stage):
     shutil.rmtree(stage)

@@ -233,3 +233,51 @@ def test_predict_on_broken_checkpoints_is_one_line(tmp_path):
                         'checkpoint\n'), run.stderr[-3000:]
   assert run.stdout.count('warning: checkpoint') == 2
   assert not (tmp_path / 'o').exists()
+
+
+_KILLED_CONVERSION = '''
+import sys, time
+import numpy as np
+from iai_jax import atomic, checkpoints
+real = atomic.write_text
+def slow(path, text):
+  if path.endswith(checkpoints.META_FILE):  # the variables are written
+    open(sys.argv[2], 'w').close()
+    time.sleep(300)
+  return real(path, text)
+atomic.write_text = slow
+checkpoints.save_variables(sys.argv[1], {'params': {'w': np.ones(3, np.float32)}},
+                           {'source': 'new'}, overwrite=True)
+'''
+
+
+def test_kill_9_during_a_conversion_keeps_the_previous_checkpoint(tmp_path):
+  import signal
+  import subprocess
+  import sys
+  import time
+  out = tmp_path / 'converted'
+  checkpoints.save_variables(str(out), {'params': {'w': np.zeros(3,
+                                                                 np.float32)}},
+                             {'source': 'old'})
+  marker = tmp_path / 'marker'
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  child = subprocess.Popen(
+      [sys.executable, '-c', _KILLED_CONVERSION, str(out), str(marker)],
+      env=dict(os.environ, PYTHONPATH=repo))
+  t = time.time()
+  while not marker.exists():
+    assert child.poll() is None and time.time() - t < 120
+    time.sleep(0.1)
+  child.send_signal(signal.SIGKILL)
+  child.wait()
+  assert checkpoints.read_meta(str(out))['source'] == 'old'
+  tree = checkpoints._read_tree(str(out / checkpoints.VARIABLES_DIR))
+  assert np.asarray(tree['params']['w']).tolist() == [0, 0, 0]
+  stale = [n for n in os.listdir(tmp_path) if '.partial-' in n]
+  assert len(stale) == 1     # the killed one's staging folder ...
+  checkpoints.save_variables(str(out), {'params': {'w': np.ones(3,
+                                                                np.float32)}},
+                             {'source': 'new'}, overwrite=True)
+  assert sorted(os.listdir(tmp_path)) == ['converted', 'marker']  # ... is gone
+  assert checkpoints.read_meta(str(out))['source'] == 'new'
