@@ -56,6 +56,32 @@ class CheckpointMismatchError(CheckpointError):
   """The checkpoint's variables do not fit the model of the config."""
 
 
+class CheckpointDamagedError(CheckpointError):
+  """A checkpoint whose files cannot be read (truncated, partly deleted)."""
+
+
+class ResumeConfigError(CheckpointError):
+  """Resuming with model, data or (unless allowed) schedule keys that differ
+  from the ones the checkpoint was trained with."""
+
+
+# Config keys of a training run (see resume_config_problems): these change
+# nothing the checkpoint holds and may differ on resume ...
+FREE_KEYS = ('infer', 'init_from', 'train.log_every', 'train.checkpoint_every',
+             'train.keep_checkpoints', 'train.data_workers', 'train.distributed',
+             'train.mesh_shape', 'train.mesh_axes', 'train.scan_unroll',
+             'dataset.root', 'dataset.tfds_dir', 'dataset.train_json',
+             'dataset.train_frames', 'dataset.val_json', 'dataset.val_frames')
+# ... these change the optimisation from the resumed step on, allowed with
+# --allow_schedule_change; every other key (model, input, data, batch, clip)
+# must stay as it was.
+SCHEDULE_KEYS = ('train.steps', 'train.epochs', 'train.lr',
+                 'train.warmup_steps', 'train.warmup_factor',
+                 'train.decay_epochs', 'train.weight_decay',
+                 'train.backbone_lr_mult', 'train.backbone_wd_mult',
+                 'train.grad_clip')
+
+
 # ----------------------------------------------------------------- trees
 def flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()
             ) -> dict[tuple[str, ...], Any]:
@@ -163,31 +189,52 @@ def check_variables(tree: Mapping[str, Any], abstract: Mapping[str, Any],
 
 
 # ----------------------------------------------------------------- files
+def check_output(path: str, overwrite: bool) -> None:
+  """Refuse an output folder that holds a checkpoint (unless ``overwrite``)
+  or anything else; called before the conversion does any work."""
+  path = os.path.abspath(path)
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise FileExistsError(f'{path} is a file; choose a folder for --output')
+  if not os.path.isdir(path):
+    return
+  present = sorted(os.listdir(path))
+  ours = {VARIABLES_DIR, META_FILE}
+  if present and not overwrite:
+    raise FileExistsError(
+        f'{path} already holds ' + ('a checkpoint' if ours & set(present)
+                                    else 'files') + '; choose another '
+        '--output or pass --overwrite to replace it')
+  others = [n for n in present if n not in ours]
+  if others:
+    raise FileExistsError(
+        f'{path} holds files that are not part of a converted checkpoint '
+        f'({", ".join(others[:5])}); --overwrite replaces the folder as a '
+        'whole, so choose an empty or new --output')
+
+
 def save_variables(path: str, variables: Mapping[str, Any],
                    meta: Mapping[str, Any], overwrite: bool = False) -> None:
-  """Write ``variables`` (nested dicts of arrays) and ``meta`` to ``path``."""
-  import shutil
+  """Write ``variables`` (nested dicts of arrays) and ``meta`` to ``path``.
 
+  Everything is written to a staging folder next to ``path`` that then
+  replaces it as a whole: an interrupted conversion leaves the previous
+  checkpoint as it was.
+  """
   import orbax.checkpoint as ocp
+
+  from iai_jax import atomic
   path = os.path.abspath(path)
-  var_dir = os.path.join(path, VARIABLES_DIR)
-  meta_file = os.path.join(path, META_FILE)
-  if os.path.exists(var_dir) or os.path.exists(meta_file):
-    if not overwrite:
-      raise FileExistsError(f'{path} already holds a checkpoint; choose '
-                            'another --output or pass --overwrite')
-    shutil.rmtree(var_dir, ignore_errors=True)
-    if os.path.exists(meta_file):
-      os.remove(meta_file)
-  os.makedirs(path, exist_ok=True)
+  check_output(path, overwrite)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
   tree = {coll: unflatten({p: np.asarray(x) for p, x in flatten(sub).items()})
           for coll, sub in variables.items()}
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(var_dir, tree)
-  ckptr.wait_until_finished()
-  with open(meta_file, 'w') as f:
-    json.dump(dict(meta, format=FORMAT_VERSION), f, indent=2)
-    f.write('\n')
+  with atomic.staged_dir(path) as stage:
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(stage, VARIABLES_DIR), tree)
+    ckptr.wait_until_finished()
+    atomic.write_text(os.path.join(stage, META_FILE),
+                      json.dumps(dict(meta, format=FORMAT_VERSION),
+                                 indent=2) + '\n')
 
 
 def read_meta(path: str) -> dict[str, Any]:
@@ -195,8 +242,17 @@ def read_meta(path: str) -> dict[str, Any]:
   meta_file = os.path.join(path, META_FILE)
   if not os.path.exists(meta_file):
     return {}
-  with open(meta_file) as f:
-    return json.load(f)
+  try:
+    with open(meta_file) as f:
+      meta = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise CheckpointDamagedError(
+        f'{meta_file} does not read ({e}); convert the checkpoint again '
+        'with python -m iai_jax.convert --overwrite') from e
+  if not isinstance(meta, dict):
+    raise CheckpointDamagedError(f'{meta_file} is not a JSON object; convert '
+                                 'the checkpoint again')
+  return meta
 
 
 def _variables_dir(path: str) -> str:
@@ -217,7 +273,16 @@ def _variables_dir(path: str) -> str:
 def _read_tree(var_dir: str) -> dict[str, Any]:
   import orbax.checkpoint as ocp
   ckptr = ocp.StandardCheckpointer()
-  tree = ckptr.restore(var_dir)
+  try:
+    tree = ckptr.restore(var_dir)
+  except Exception as e:  # orbax / tensorstore raise many types
+    raise CheckpointDamagedError(
+        f'{var_dir} does not load, its files are damaged or incomplete '
+        f'({_short(e)}); convert the checkpoint again with python -m '
+        'iai_jax.convert --overwrite') from e
+  if not isinstance(tree, Mapping):
+    raise CheckpointDamagedError(f'{var_dir} holds no variables; convert the '
+                                 'checkpoint again')
   return {coll: unflatten({p: np.asarray(x) for p, x in flatten(sub).items()})
           for coll, sub in tree.items()}
 
@@ -361,21 +426,163 @@ def save(mgr, step: int, state, data_iter, config) -> None:
       config=ocp.args.JsonSave(json.loads(config.to_json()))))
 
 
-def restore_for_resume(mgr, abstract_state, data_iter):
-  """(state, step) of the latest checkpoint, the iterator moved to its
-  position; (None, 0) when the workdir has none.
+def _short(e: BaseException, limit: int = 300) -> str:
+  """An exception as one short line."""
+  text = ' '.join(str(e).split()) or type(e).__name__
+  if len(text) > limit:
+    text = text[:limit] + '...'
+  return f'{type(e).__name__}: {text}'
+
+
+def flat_config(config) -> dict[str, Any]:
+  """A config (ConfigDict or its JSON dict) as {dotted key: JSON value}."""
+  if not isinstance(config, Mapping) or hasattr(config, 'to_json'):
+    config = json.loads(config.to_json())
+  out = {}
+  for path, value in flatten(config).items():
+    out['.'.join(path)] = value
+  return out
+
+
+def _under(key: str, prefixes: Iterable[str]) -> bool:
+  return any(key == p or key.startswith(p + '.') for p in prefixes)
+
+
+def config_changes(saved: Mapping[str, Any], current
+                   ) -> tuple[list[str], list[str]]:
+  """(schedule changes, other changes) from ``saved`` (a checkpoint's config
+  JSON) to ``current``, as 'key: old -> new' lines; FREE_KEYS are left out."""
+  old, new = flat_config(saved), flat_config(current)
+  schedule, other = [], []
+  for key in sorted(set(old) | set(new)):
+    if _under(key, FREE_KEYS):
+      continue
+    a, b = old.get(key, '<absent>'), new.get(key, '<absent>')
+    if a == b:
+      continue
+    line = f'{key}: {a!r} -> {b!r}'
+    (schedule if _under(key, SCHEDULE_KEYS) else other).append(line)
+  return schedule, other
+
+
+def check_resume_config(saved: Mapping[str, Any], config, where: str,
+                        allow_schedule_change: bool = False,
+                        log: Callable[[str], Any] = print) -> None:
+  """ResumeConfigError when ``config`` changes model or data keys of the run
+  saved in ``where``, or schedule keys without ``allow_schedule_change``."""
+  schedule, other = config_changes(saved, config)
+  if other:
+    raise ResumeConfigError(
+        f'{where} was trained with other model or data settings: '
+        + '; '.join(other) + '. A resumed run keeps them: pass the values it '
+        'was trained with, or train into a new --workdir')
+  if schedule and not allow_schedule_change:
+    raise ResumeConfigError(
+        f'{where} was trained with another schedule: ' + '; '.join(schedule)
+        + '. Pass the values it was trained with, or --allow_schedule_change '
+        'to continue with the new schedule on purpose')
+  if schedule:
+    log('resuming with a changed schedule (--allow_schedule_change): '
+        + '; '.join(schedule))
+
+
+def saved_config(mgr, step: int) -> dict[str, Any]:
+  """The config saved with a workdir checkpoint (JSON dict)."""
+  import orbax.checkpoint as ocp
+  restored = mgr.restore(step, args=ocp.args.Composite(
+      config=ocp.args.JsonRestore()))
+  if not isinstance(restored.config, Mapping):
+    raise ValueError('the saved config is not a JSON object')
+  return dict(restored.config)
+
+
+def set_aside(mgr, step: int) -> str:
+  """Move a broken step folder out of the way (never delete it):
+  WORKDIR/checkpoints/<step> -> WORKDIR/broken_checkpoints/<step>[-n]."""
+  src = os.path.join(str(mgr.directory), str(step))
+  dest_dir = os.path.join(os.path.dirname(str(mgr.directory)),
+                          'broken_checkpoints')
+  os.makedirs(dest_dir, exist_ok=True)
+  dest, n = os.path.join(dest_dir, str(step)), 1
+  while os.path.lexists(dest):
+    dest, n = os.path.join(dest_dir, f'{step}-{n}'), n + 1
+  os.rename(src, dest)
+  mgr.reload()
+  return dest
+
+
+def newest_config(workdir: str) -> tuple[dict[str, Any], str] | None:
+  """(config, step folder) of the newest checkpoint of ``workdir`` whose
+  config reads; None when it has none."""
+  import orbax.checkpoint as ocp
+  ckpt_dir = os.path.abspath(os.path.join(workdir, CHECKPOINTS_DIR))
+  if not os.path.isdir(ckpt_dir):
+    return None
+  mgr = ocp.CheckpointManager(ckpt_dir, item_names=ITEMS)
+  try:
+    for step in sorted(mgr.all_steps(), reverse=True):
+      try:
+        return saved_config(mgr, step), os.path.join(ckpt_dir, str(step))
+      except Exception:  # a damaged one: resume falls back past it
+        continue
+  finally:
+    mgr.close()
+  return None
+
+
+def check_workdir_config(config, workdir: str,
+                         allow_schedule_change: bool = False,
+                         log: Callable[[str], Any] = print) -> None:
+  """Before any work: ResumeConfigError when ``workdir`` holds a run that
+  ``config`` cannot resume (see :func:`check_resume_config`)."""
+  found = newest_config(workdir)
+  if found is not None:
+    check_resume_config(found[0], config, f'checkpoint {found[1]}',
+                        allow_schedule_change, log=lambda *_: None)
+
+
+def restore_for_resume(mgr, abstract_state, data_iter, config=None,
+                       allow_schedule_change: bool = False,
+                       log: Callable[[str], Any] = print):
+  """(state, step) of the newest checkpoint that loads, the iterator moved
+  to its position; (None, 0) when the workdir has none.
 
   ``abstract_state``: ShapeDtypeStructs (with shardings) of the state.
+  A checkpoint that does not load is moved to ``broken_checkpoints/`` with a
+  warning that names it, and the previous one is tried. With ``config`` the
+  config saved with the checkpoint must match it
+  (:func:`check_resume_config`).
   """
   import grain
   import orbax.checkpoint as ocp
-  step = mgr.latest_step()
-  if step is None:
-    return None, 0
-  restored = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data=grain.checkpoint.CheckpointRestore(data_iter)))
-  return restored.state, step
+  broken = []
+  for step in sorted(mgr.all_steps(), reverse=True):
+    where = os.path.join(str(mgr.directory), str(step))
+    try:
+      saved = saved_config(mgr, step)
+    except Exception as e:  # orbax / tensorstore raise many types
+      broken.append((step, e))
+    else:
+      if config is not None:
+        check_resume_config(saved, config, f'checkpoint {where}',
+                            allow_schedule_change, log)
+      try:
+        restored = mgr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iter)))
+        return restored.state, step
+      except Exception as e:
+        broken.append((step, e))
+    step, e = broken[-1]
+    dest = set_aside(mgr, step)
+    log(f'warning: checkpoint {where} does not load ({_short(e)}); moved it '
+        f'to {dest}; trying the previous checkpoint')
+  if broken:
+    raise CheckpointDamagedError(
+        f'no checkpoint in {mgr.directory} loads (the broken ones are in '
+        f'{os.path.join(os.path.dirname(str(mgr.directory)), "broken_checkpoints")}'
+        '); train from scratch in a new --workdir')
+  return None, 0
 
 
 def _workdir_step(path: str) -> tuple[str, int | None] | None:
@@ -389,12 +596,20 @@ def _workdir_step(path: str) -> tuple[str, int | None] | None:
   return None
 
 
+def _model_changes(saved: Mapping[str, Any], config) -> list[str]:
+  old = {k: v for k, v in flat_config(saved).items() if k.startswith('model.')}
+  new = {k: v for k, v in flat_config(config).items() if k.startswith('model.')}
+  return [f'{k}: {old.get(k, "<absent>")!r} -> {new.get(k, "<absent>")!r}'
+          for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
 def restore_variables(config, path: str, log=print) -> dict[str, Any]:
   """Model variables {'params', 'batch_stats'} (numpy) from ``path``.
 
-  ``path`` may be a training workdir (its latest checkpoint is used), one
-  step folder of it (``WORKDIR/checkpoints/<step>``), or a directory written
-  by ``python -m iai_jax.convert``.
+  ``path`` may be a training workdir (its newest checkpoint that loads; a
+  broken newer one is skipped with a warning), one step folder of it
+  (``WORKDIR/checkpoints/<step>``), or a directory written by ``python -m
+  iai_jax.convert``.
   """
   import jax
   import orbax.checkpoint as ocp
@@ -411,16 +626,39 @@ def restore_variables(config, path: str, log=print) -> dict[str, Any]:
     return load_variables(path, config)
   ckpt_dir, step = found
   mgr = ocp.CheckpointManager(ckpt_dir, item_names=ITEMS)
-  step = mgr.latest_step() if step is None else step
-  if step is None:
+  steps = sorted(mgr.all_steps(), reverse=True) if step is None else [step]
+  if not steps:
     raise CheckpointError(f'{ckpt_dir} holds no complete checkpoint yet')
   abstract = train_state.abstract_train_state(config)
-  try:
-    restored = mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
-  except (ValueError, KeyError, TypeError) as e:
-    raise CheckpointMismatchError(
-        f'the checkpoint {ckpt_dir}/{step} does not fit the config (model '
-        f'size, classes or ID slots differ?): {str(e)[:800]}') from e
-  log(f'restored step {step} from {ckpt_dir}')
-  return jax.device_get(restored.state.variables())
+  failures = []
+  for s in steps:
+    where = os.path.join(ckpt_dir, str(s))
+    try:
+      saved = saved_config(mgr, s)
+    except Exception:  # judged by the state below
+      saved = None
+    if saved is not None:
+      changes = _model_changes(saved, config)
+      if changes:
+        raise CheckpointMismatchError(
+            f'checkpoint {where} was trained with other model settings: '
+            + '; '.join(changes) + '. Pass the --config (and --config.model.* '
+            'overrides) it was trained with')
+    try:
+      restored = mgr.restore(s, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))
+    except Exception as e:  # orbax / tensorstore raise many types
+      failures.append(where)
+      if step is not None:
+        raise CheckpointDamagedError(
+            f'checkpoint {where} does not load, its files are damaged or '
+            f'incomplete ({_short(e)}); pass the workdir to use its newest '
+            'checkpoint that loads, or another step folder') from e
+      log(f'warning: checkpoint {where} does not load ({_short(e)}); '
+          'trying the previous checkpoint')
+      continue
+    log(f'restored step {s} from {ckpt_dir}')
+    return jax.device_get(restored.state.variables())
+  raise CheckpointDamagedError(
+      f'no checkpoint in {ckpt_dir} loads ({", ".join(failures)}); train '
+      'again or pass another checkpoint')

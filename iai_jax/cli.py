@@ -12,6 +12,7 @@ after every override) - before any dataset or model work.
 
 from __future__ import annotations
 
+import logging as logging_std
 import sys
 from typing import Callable
 
@@ -70,9 +71,52 @@ def quiet_logs() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
+class EventLoopNoiseFilter(logging_std.Filter):
+  """Drops the "Event loop is closed" tracebacks that asyncio tasks of the
+  checkpoint library can log when a process ends on an error: they bury the
+  one line that says what went wrong."""
+
+  def filter(self, record) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (_is_event_loop_noise(exc)
+                or 'Event loop is closed' in record.getMessage())
+
+
+def _is_event_loop_noise(exc) -> bool:
+  return isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc)
+
+
+def silence_event_loop_noise() -> None:
+  """Install :class:`EventLoopNoiseFilter` on the asyncio logger and drop
+  the same error where Python reports exceptions nobody could catch."""
+  logger = logging_std.getLogger('asyncio')
+  if not any(isinstance(f, EventLoopNoiseFilter) for f in logger.filters):
+    logger.addFilter(EventLoopNoiseFilter())
+  previous = sys.unraisablehook
+
+  def unraisable(info):
+    if not _is_event_loop_noise(info.exc_value):
+      previous(info)
+
+  if not getattr(previous, '_iai_quiet', False):
+    unraisable._iai_quiet = True
+    sys.unraisablehook = unraisable
+  import threading
+  previous_thread = threading.excepthook
+
+  def thread_hook(args):
+    if not _is_event_loop_noise(args.exc_value):
+      previous_thread(args)
+
+  if not getattr(previous_thread, '_iai_quiet', False):
+    thread_hook._iai_quiet = True
+    threading.excepthook = thread_hook
+
+
 def run(main: Callable, argv=None) -> None:
   """``app.run(main)`` after the config pre-check."""
   _precheck(sys.argv if argv is None else argv)
+  silence_event_loop_noise()
   app.run(main, argv=argv)
 
 

@@ -34,6 +34,11 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(
 TRACKERS = ('id_head', 'mask_iou')
 
 
+class ConfigError(ValueError):
+  """A config value that cannot work here (e.g. a mesh for another number
+  of devices); the message names the key and the fix."""
+
+
 # ----------------------------------------------------------------- loading
 def load_module(path: str):
   """Import a Python file by path (a config file and its siblings)."""
@@ -171,6 +176,16 @@ def check_config(c: ml_collections.ConfigDict) -> None:
     value = c.train[key]
     if not is_int(value) or value < 0:
       raise ValueError(f'train.{key}={value!r} must be an integer >= 0')
+  mesh, axes = c.train.mesh_shape, c.train.mesh_axes
+  if (not isinstance(mesh, (tuple, list)) or not isinstance(axes, (tuple, list))
+      or len(mesh) != len(axes) or list(mesh).count(-1) > 1
+      or not all(is_int(s) and (s >= 1 or s == -1) for s in mesh)):
+    raise ValueError(f'train.mesh_shape={mesh!r} must be one positive integer '
+                     f'(or one -1, "the rest") per axis of train.mesh_axes='
+                     f'{axes!r}, e.g. --config.train.mesh_shape="(-1,)"')
+  if c.train.steps == 0 and c.train.epochs == 0:
+    raise ValueError('train.steps=0 and train.epochs=0: nothing to train; '
+                     'set --config.train.steps=N or --config.train.epochs=N')
   for key in ('score_thr', 'id_thr', 'nms_iou', 'overlap_keep',
               'video_score_thr', 'mask_thr'):
     if not 0.0 <= c.infer[key] <= 1.0:

@@ -453,6 +453,34 @@ def export_state_dict(variables: Mapping[str, Any], model_cfg,
 
 
 # ----------------------------------------------------------------- files
+def _one_line(e: BaseException, limit: int) -> str:
+  """``Type: message`` on one line, cut at ``limit`` characters."""
+  text = ' '.join(str(e).split())
+  return f'{type(e).__name__}: {text[:limit]}'
+
+
+def _check_torch_file(path: str) -> None:
+  """ConversionError for a file that is no torch.save output at all, or a
+  zip archive (torch's format) cut short: torch.load would report them as
+  files it refuses to unpickle."""
+  import zipfile
+  with open(path, 'rb') as f:
+    head = f.read(4)
+  if head.startswith(b'PK'):
+    try:
+      zipfile.ZipFile(path).close()
+    except (zipfile.BadZipFile, OSError) as e:
+      raise ConversionError(
+          f'{path} is not a complete PyTorch checkpoint (its zip archive is '
+          f'cut short or damaged: {_one_line(e, 200)}): a truncated download '
+          'or copy? Fetch the .pth file again') from e
+  elif not head.startswith(b'\x80'):  # torch's older format is a pickle
+    raise ConversionError(
+        f'{path} is not a PyTorch checkpoint (neither a zip archive nor a '
+        f'pickle; it starts with {head!r}): pass the .pth file that '
+        'torch.save wrote')
+
+
 def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   """Read a .pth file safely (``weights_only=True``) into numpy arrays.
 
@@ -467,8 +495,17 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
                           'torch==2.13.0 (the CPU build is enough)') from e
   if not os.path.isfile(path):
     raise ConversionError(f'{path}: no such file')
+  if os.path.getsize(path) == 0:
+    raise ConversionError(f'{path} is empty (0 bytes): an interrupted '
+                          'download or copy? Fetch the file again')
+  _check_torch_file(path)
   try:
     obj = torch.load(path, map_location='cpu', weights_only=True)
+  except (EOFError, KeyError, ValueError, IndexError, OSError) as e:
+    raise ConversionError(
+        f'{path} is not a complete PyTorch checkpoint ({_one_line(e, 200)}'
+        '): a truncated download, or another kind of file? '
+        'Fetch the .pth file again') from e
   except (pickle.UnpicklingError, RuntimeError, AttributeError,
           TypeError) as e:
     raise ConversionError(
@@ -476,7 +513,7 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
         'holds objects other than tensors and plain containers, or is not a '
         'torch file. Loading it otherwise could run code from the file, so '
         'it is refused; if you trust the file, re-save its state dict in a '
-        f'separate environment. ({type(e).__name__}: {str(e)[:300]})') from e
+        f'separate environment. ({_one_line(e, 300)})') from e
   sd = obj
   if isinstance(obj, Mapping):
     for k in ('state_dict', 'model'):
@@ -499,6 +536,14 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     if v.is_floating_point() and v.dtype != torch.float32:
       v = v.float()
     out[k] = v.numpy()
+  bad = sorted(k for k, v in out.items()
+               if v.dtype.kind in 'fc' and not np.isfinite(v).all())
+  if bad:
+    raise ConversionError(
+        f'{path}: {len(bad)} tensors hold NaN or infinite values ('
+        + ', '.join(bad[:10]) + (', ...' if len(bad) > 10 else '')
+        + '): the file is damaged or comes from a diverged run; convert '
+        'another checkpoint')
   return out
 
 
@@ -516,6 +561,7 @@ def convert_file(source: str, input_path: str, config, output: str,
                  config_overrides: Mapping[str, Any] | None = None) -> Report:
   """Read ``input_path``, convert it for ``config`` and write ``output``."""
   model_cfg = checkpoints.model_config(config)
+  checkpoints.check_output(output, overwrite)  # before the slow part
   sd = load_torch_state_dict(input_path)
   variables, report = convert_state_dict(
       sd, model_cfg, source, skip_mismatched_heads=skip_mismatched_heads)
@@ -557,7 +603,9 @@ def main(argv=None):
   flags.DEFINE_bool('skip_mismatched_heads', False,
                     'Leave the class / ID heads whose size differs at their '
                     'fresh initialisation (fine-tuning on another dataset).')
-  flags.DEFINE_bool('overwrite', False, 'Replace a checkpoint in --output.')
+  flags.DEFINE_bool('overwrite', False, 'Replace a checkpoint in --output '
+                    '(the new one is written next to it and swapped in at the '
+                    'end: an interrupted run keeps the old one).')
   config_flag = cli.define_config_flag()
   flags.mark_flags_as_required(['source', 'input', 'output'])
   FLAGS = flags.FLAGS
@@ -575,8 +623,11 @@ def main(argv=None):
                    overwrite=FLAGS.overwrite,
                    config_overrides=config_flags.get_override_values(
                        FLAGS['config']))
-    except (ConversionError, FileExistsError) as e:
+    except (ConversionError, FileExistsError, checkpoints.CheckpointError) as e:
       raise SystemExit(f'error: {e}') from None
+    except OSError as e:  # e.g. an --output that cannot be written
+      raise SystemExit(f'error: cannot write {FLAGS.output}: {e}; choose '
+                       'another --output') from None
 
   cli.run(run, argv=argv)
 

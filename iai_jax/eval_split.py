@@ -8,11 +8,11 @@ training videos, scores the results with :mod:`iai_jax.evaluate`.
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import time
 
-from iai_jax import inference
+from iai_jax import atomic, inference
 from iai_jax import overlay as overlay_lib
 from iai_jax.data import paths
 
@@ -51,7 +51,10 @@ def overlay_gif(config, variables, frames, path: str, fps: float = 6.0) -> str:
   segmenter = inference.OnlineSegmenter(config, variables)
   overlays = [overlay_lib.draw_overlay(f, segmenter.step(f), names) for f in frames]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  imageio.mimwrite(path, overlays, duration=1000.0 / fps, loop=0)
+  buffer = io.BytesIO()
+  imageio.mimwrite(buffer, overlays, format='GIF', duration=1000.0 / fps,
+                   loop=0)
+  atomic.write_bytes(path, buffer.getvalue())
   return path
 
 
@@ -118,6 +121,6 @@ def evaluate_split(config, variables, workdir: str, split: str | None = None,
     gaps = reid_metrics.id_accuracy_by_gap(gt, results)
     log(reid_metrics.format_table(gaps))
     stats['id_kept_by_gap'] = gaps
-  with open(os.path.join(out_dir, 'eval_metrics.json'), 'w') as f:
-    json.dump(stats, f, indent=1)
+  atomic.write_json(os.path.join(out_dir, 'eval_metrics.json'), stats,
+                    indent=1)
   return stats

@@ -124,7 +124,9 @@ class OnlineSegmenter(online.HostLoop):
   pixels) and 'mask' ((h0, w0) bool). ``finish()`` returns the video's
   predictions (see :meth:`iai_jax.tracking.VideoAccumulator.finish`) and
   ``reset()`` starts a new video (``step`` on a frame of another size does
-  it too). Device memory and time per frame do not grow with the video.
+  it too). A frame that is not an (H, W, 3) uint8 array is a ValueError
+  raised before anything changes, so the video goes on with the next good
+  frame. Device memory and time per frame do not grow with the video.
   The host side is :class:`iai_jax.online.HostLoop`; the device side is
   :func:`frame_step`, jitted (one compilation per padded size).
   """

@@ -47,6 +47,14 @@ _PNG = flags.DEFINE_bool('png_masks', False,
                          'predict: also write indexed PNG masks per frame.')
 _FPS = flags.DEFINE_float('fps', None, 'predict: frame rate of a frame folder '
                           '(default 10) or override of the video\'s.')
+_OVERWRITE = flags.DEFINE_bool(
+    'overwrite', False, 'predict: replace the outputs of an earlier run in '
+    '--output (as a whole) instead of refusing a non-empty folder.')
+_ALLOW_SCHEDULE_CHANGE = flags.DEFINE_bool(
+    'allow_schedule_change', False, 'train: resume a run with changed '
+    'schedule keys (train.steps, epochs, lr, warmup_*, decay_epochs, '
+    'weight_decay, backbone_*_mult, grad_clip); model and data keys can '
+    'never change on resume.')
 
 
 def main(argv):
@@ -67,23 +75,39 @@ def main(argv):
       print(summary.format_table(result, config))
     return
   import os
-  from iai_jax import checkpoints, eval_split, predict
-  from iai_jax.data import paths, tfds_builder, vis_json
+  from iai_jax import checkpoints, config_lib, eval_split, predict
+  from iai_jax.data import paths, pipeline, tfds_builder, vis_json
   workdir = _WORKDIR.value or os.path.join('runs', config.dataset.name)
   try:
     if mode == 'predict':
       if not (_CHECKPOINT.value and _INPUT.value and _OUTPUT.value):
         raise app.UsageError('--mode=predict needs --checkpoint, --input and '
                              '--output')
+      # bad input and output fail before the checkpoint is read
+      predict.check_paths(_INPUT.value, _OUTPUT.value, _OVERWRITE.value)
       variables = checkpoints.restore_variables(config, _CHECKPOINT.value)
       predict.predict_video(config, variables, _INPUT.value, _OUTPUT.value,
-                            gif=_GIF.value, png=_PNG.value, fps=_FPS.value)
+                            gif=_GIF.value, png=_PNG.value, fps=_FPS.value,
+                            overwrite=_OVERWRITE.value)
       return
+    training = mode in ('train', 'train_and_eval')
+    if training:  # fail before any data or model work: a mesh for other
+      # devices (known here unless distributed), a run this config cannot
+      # resume
+      if not config.train.distributed:
+        import jax
+
+        from iai_jax import train
+        train.mesh_shape(config.train.mesh_shape, config.train.mesh_axes,
+                         jax.device_count())
+      checkpoints.check_workdir_config(config, workdir,
+                                       _ALLOW_SCHEDULE_CHANGE.value)
     tfds_builder.ensure_records(config)
-    if mode in ('train', 'train_and_eval'):
+    if training:
       from iai_jax import train
       print(f'workdir: {os.path.abspath(workdir)}')
-      state, _ = train.train(config, workdir)
+      state, _ = train.train(
+          config, workdir, allow_schedule_change=_ALLOW_SCHEDULE_CHANGE.value)
       if mode == 'train':
         return
       import jax
@@ -95,7 +119,8 @@ def main(argv):
                            overlay=_GIF.value or mode == 'train_and_eval')
   except (paths.DatasetMissingError, tfds_builder.RecordsMissingError,
           predict.PredictError, checkpoints.CheckpointError,
-          vis_json.VisDataError) as e:
+          vis_json.VisDataError, pipeline.TrainingDataError,
+          config_lib.ConfigError) as e:
     sys.exit(f'error: {e}')
 
 

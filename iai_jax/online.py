@@ -45,13 +45,31 @@ def prepare_frame(frame: np.ndarray, resized, padded) -> np.ndarray:
 
 
 def check_frame(frame) -> np.ndarray:
-  """The frame as an (H, W, 3) uint8 array, or a ValueError saying why not."""
+  """The frame as an (H, W, 3) uint8 array, or a ValueError saying why not
+  and how to pass it."""
   frame = np.asarray(frame)
-  if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-    raise ValueError(f'a frame must be an (H, W, 3) uint8 RGB array, got '
-                     f'{frame.shape} {frame.dtype}')
-  if min(frame.shape[:2]) < 1:
-    raise ValueError(f'a frame must have at least one pixel, got {frame.shape}')
+  shape, dtype = frame.shape, frame.dtype
+  want = 'a frame must be an (H, W, 3) uint8 RGB array'
+  if frame.ndim == 4 and shape[0] == 1:
+    raise ValueError(f'{want}, got a batch of shape {shape}: pass one frame '
+                     'at a time (frames[0])')
+  if frame.ndim == 3 and shape[0] in (3, 4) and shape[2] not in (3, 4):
+    raise ValueError(f'{want}, got {shape}, channels first: pass '
+                     'frame.transpose(1, 2, 0)')
+  if frame.ndim == 2:
+    raise ValueError(f'{want}, got a grey {shape} image: pass '
+                     'np.stack([frame] * 3, axis=-1)')
+  if frame.ndim == 3 and shape[2] == 4:
+    raise ValueError(f'{want}, got {shape} with an alpha channel: pass '
+                     'frame[..., :3]')
+  if frame.ndim != 3 or shape[2] != 3:
+    raise ValueError(f'{want}, got shape {shape}')
+  if dtype != np.uint8:
+    raise ValueError(f'{want}, got dtype {dtype}: pass values 0..255 as '
+                     'uint8 (e.g. (frame * 255).round().astype(np.uint8) for '
+                     'floats in [0, 1])')
+  if min(shape[:2]) < 1:
+    raise ValueError(f'{want} with at least one pixel, got {shape}')
   return frame
 
 

@@ -21,6 +21,7 @@ benchmark servers take (``results.json`` at the root of the archive).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import numbers
@@ -32,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from iai_jax import atomic
 from iai_jax.validate import is_int
 
 _MAX_LISTED = 20  # problems spelled out in a check_results error
@@ -220,7 +222,8 @@ def write_submission(results, out_dir: str, videos: Sequence[dict],
   """Checks the results, writes ``results.json`` and ``results.zip``.
 
   The zip holds ``results.json`` at its root, which is what the YouTube-VIS
-  and OVIS servers take. Returns (json path, zip path).
+  and OVIS servers take. Both are written under temporary names and renamed
+  into place. Returns (json path, zip path).
   """
   check_results(results, videos, category_ids)
   if not results:
@@ -229,8 +232,10 @@ def write_submission(results, out_dir: str, videos: Sequence[dict],
   os.makedirs(out_dir, exist_ok=True)
   json_path = os.path.join(out_dir, 'results.json')
   zip_path = os.path.join(out_dir, 'results.zip')
-  with open(json_path, 'w') as f:
-    json.dump(results, f)
-  with zipfile.ZipFile(zip_path, 'w', compression=zipfile.ZIP_DEFLATED) as z:
-    z.write(json_path, arcname='results.json')
+  text = json.dumps(results)
+  buffer = io.BytesIO()
+  with zipfile.ZipFile(buffer, 'w', compression=zipfile.ZIP_DEFLATED) as z:
+    z.writestr('results.json', text)
+  atomic.write_text(json_path, text)
+  atomic.write_bytes(zip_path, buffer.getvalue())
   return json_path, zip_path

@@ -29,7 +29,7 @@ import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from iai_jax import checkpoints, preprocess
+from iai_jax import checkpoints, config_lib, preprocess
 from iai_jax import losses as losses_lib
 from iai_jax import targets as targets_lib
 from iai_jax.data import pipeline
@@ -87,15 +87,29 @@ def train_step(state: TrainState, batch, rng, *, model, config, tx):
 
 
 # ----------------------------------------------------------------- sharding
+def mesh_shape(spec, axes, devices: int) -> tuple[int, ...]:
+  """``train.mesh_shape`` with its -1 resolved for ``devices`` devices;
+  ConfigError when it cannot cover them."""
+  spec = tuple(spec)
+  fix = ('their product must be the device count; -1 stands for "the '
+         'rest", e.g. --config.train.mesh_shape="(-1,)"')
+  if (len(spec) != len(axes) or spec.count(-1) > 1
+      or not all(isinstance(s, int) and (s >= 1 or s == -1) for s in spec)):
+    raise config_lib.ConfigError(
+        f'train.mesh_shape={spec!r} must be one positive integer (or one -1) '
+        f'per axis of train.mesh_axes={tuple(axes)!r}; {fix}')
+  known = math.prod(s for s in spec if s != -1)
+  shape = tuple(devices // known if s == -1 else s for s in spec)
+  if math.prod(shape) != devices or 0 in shape:
+    raise config_lib.ConfigError(
+        f'train.mesh_shape={spec!r} does not cover the {devices} devices: '
+        f'{fix}')
+  return shape
+
+
 def make_mesh(config):
-  shape = tuple(config.train.mesh_shape)
-  n = jax.device_count()
-  if -1 in shape:
-    known = math.prod(s for s in shape if s != -1)
-    shape = tuple(n // known if s == -1 else s for s in shape)
-  if math.prod(shape) != n:
-    raise ValueError(f'train.mesh_shape={tuple(config.train.mesh_shape)} does '
-                     f'not cover the {n} devices')
+  shape = mesh_shape(config.train.mesh_shape, config.train.mesh_axes,
+                     jax.device_count())
   # Auto axes: shardings are declared at the jit boundary and XLA propagates
   # them (jax 0.10's default Explicit axes would put them into the types).
   auto = (jax.sharding.AxisType.Auto,) * len(shape)
@@ -117,17 +131,46 @@ def global_batch(local_batch, batch_sharding):
 
 
 # ----------------------------------------------------------------- logging
-class MetricWriter:
-  """JSONL + TensorBoard (tensorboardX) on process 0, progress line to log."""
+def truncate_metrics(path: str, step: int) -> int:
+  """Drop the rows of ``metrics.jsonl`` after ``step`` (a resumed run logs
+  those steps again; a row cut by a kill is dropped too); returns how many
+  rows were dropped. The file is replaced atomically."""
+  from iai_jax import atomic
+  if not os.path.exists(path):
+    return 0
+  with open(path, encoding='utf-8', errors='replace') as f:
+    lines = f.read().splitlines()
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(row, dict) and isinstance(row.get('step'), int) \
+        and row['step'] <= step:
+      kept.append(line)
+  if len(kept) != len(lines):
+    atomic.write_text(path, ''.join(l + '\n' for l in kept))
+  return len(lines) - len(kept)
 
-  def __init__(self, workdir: str, log=print):
+
+class MetricWriter:
+  """JSONL + TensorBoard (tensorboardX) on process 0, progress line to log.
+
+  ``start``: the step training starts from; rows of later steps (written
+  before the checkpoint that is resumed) are dropped, so ``metrics.jsonl``
+  holds one row a step."""
+
+  def __init__(self, workdir: str, log=print, start: int = 0):
     self.log = log
     self.active = jax.process_index() == 0
     self.jsonl = None
     self.tb = None
     if self.active:
       os.makedirs(workdir, exist_ok=True)
-      self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      path = os.path.join(workdir, 'metrics.jsonl')
+      truncate_metrics(path, start)
+      self.jsonl = open(path, 'a')
       from tensorboardX import SummaryWriter
       self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
@@ -152,12 +195,33 @@ def _format_eta(seconds: float) -> str:
 
 
 # ----------------------------------------------------------------- the loop
-def train(config, workdir: str, *, source=None, log=print, stop_after: int | None = None):
+def next_batch(data_iter):
+  """The next batch; a bad video record is a TrainingDataError naming the
+  video and frame, however the data pipeline wrapped it."""
+  try:
+    return next(data_iter)
+  except pipeline.TrainingDataError:
+    raise
+  except Exception as e:
+    cause = e
+    while cause is not None:
+      if isinstance(cause, pipeline.TrainingDataError):
+        raise cause from None
+      cause = cause.__cause__ or cause.__context__
+    raise
+
+
+def train(config, workdir: str, *, source=None, log=print,
+          stop_after: int | None = None, allow_schedule_change: bool = False):
   """Train with ``config``; checkpoints, logs and TensorBoard go to ``workdir``.
 
-  Resumes from the latest checkpoint in ``workdir`` (model, optimiser, data
-  iterator). ``source`` overrides the TFDS training split (tests);
-  ``stop_after`` stops after that many steps of this call (to test resuming).
+  Resumes from the newest checkpoint in ``workdir`` that loads (model,
+  optimiser, data iterator); a broken newer one is moved to
+  ``workdir/broken_checkpoints`` with a warning. The config must keep the
+  model and data keys of the run it resumes, and its schedule keys unless
+  ``allow_schedule_change`` (:func:`iai_jax.checkpoints.check_resume_config`).
+  ``source`` overrides the TFDS training split (tests); ``stop_after`` stops
+  after that many steps of this call (to test resuming).
   Returns the final train state and the last metrics.
   """
   from iai_jax.data import tfds_builder
@@ -165,6 +229,13 @@ def train(config, workdir: str, *, source=None, log=print, stop_after: int | Non
   t = config.train
   if t.distributed:
     jax.distributed.initialize()
+  mesh = make_mesh(config)
+  split = math.lcm(jax.process_count(), dict(mesh.shape).get('data', 1))
+  if t.batch_size % split:
+    raise config_lib.ConfigError(
+        f'train.batch_size={t.batch_size} cannot be split over the '
+        f'{jax.process_count()} processes and the {dict(mesh.shape).get("data", 1)}'
+        f' devices of the mesh axis "data": make it a multiple of {split}')
   if source is None:
     source = tfds_builder.open_split(config, 'train')
   steps_per_epoch = pipeline.steps_per_epoch(config, len(source))
@@ -178,7 +249,6 @@ def train(config, workdir: str, *, source=None, log=print, stop_after: int | Non
     return create_train_state(iai_model.init_variables(model, rng), tx)
 
   rng = jax.random.key(config.seed)
-  mesh = make_mesh(config)
   abstract_state = jax.eval_shape(init_state, rng)
   state_sharding, batch_sharding, replicated = shardings(mesh, abstract_state)
   state = jax.jit(init_state, out_shardings=state_sharding)(rng)
@@ -200,8 +270,9 @@ def train(config, workdir: str, *, source=None, log=print, stop_after: int | Non
   abstract_sharded = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract_state, state_sharding)
-  restored, start = checkpoints.restore_for_resume(manager, abstract_sharded,
-                                                   data_iter)
+  restored, start = checkpoints.restore_for_resume(
+      manager, abstract_sharded, data_iter, config=config,
+      allow_schedule_change=allow_schedule_change, log=log)
   if restored is not None:
     state = restored
     log(f'resumed from step {start} in {workdir}')
@@ -210,13 +281,13 @@ def train(config, workdir: str, *, source=None, log=print, stop_after: int | Non
                     in_shardings=(state_sharding, batch_sharding, replicated),
                     out_shardings=(state_sharding, replicated),
                     donate_argnums=(0,))
-  writer = MetricWriter(workdir, log)
+  writer = MetricWriter(workdir, log, start=start)
 
   metrics = {}
   window_start, window_steps = time.time(), 0
   end = total_steps if stop_after is None else min(total_steps, start + stop_after)
   for step in range(start, end):
-    batch = global_batch(next(data_iter), batch_sharding)
+    batch = global_batch(next_batch(data_iter), batch_sharding)
     state, metrics = step_fn(state, batch, rng)
     window_steps += 1
     done = step + 1

@@ -18,6 +18,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from iai_jax import validate
 from iai_jax.validate import is_integral, is_number
 
 OCC_SCORES = {'no_occlusion': 0.0, 'slight_occlusion': 0.25,
@@ -85,7 +86,10 @@ def _is_compressed_rle(seg) -> bool:
 
 
 def _gt_frame_to_rle(seg, video: dict, label: str, frame: int) -> dict:
-  """Polygon list, uncompressed RLE or compressed RLE -> compressed RLE."""
+  """Polygon list, uncompressed RLE or compressed RLE -> compressed RLE.
+
+  A compressed RLE is returned as it is and checked later, with all the
+  others (:func:`_check_compressed`)."""
   if _is_compressed_rle(seg):
     return seg
   polygon = isinstance(seg, list)
@@ -96,10 +100,15 @@ def _gt_frame_to_rle(seg, video: dict, label: str, frame: int) -> dict:
         f'{label}: segmentations[{frame}] is neither a polygon list, an RLE '
         'nor null', 'gt')
   h, w = video.get('height'), video.get('width')
-  if not (is_integral(h) and is_integral(w)):
+  if not (is_integral(h) and is_integral(w) and h > 0 and w > 0):
     raise EvaluationError(
-        f'video {video["id"]} needs integer "height" and "width" to decode '
-        f'{label} segmentations[{frame}]', 'gt')
+        f'video {video["id"]} needs positive integer "height" and "width" to '
+        f'decode {label} segmentations[{frame}]', 'gt')
+  problem = (validate.polygon_problem(seg, h, w) if polygon
+             else validate.uncompressed_rle_problem(seg))
+  if problem:
+    raise EvaluationError(f'{label}: segmentations[{frame}]: {problem}; '
+                          f'{validate.RLE_FIX}', 'gt')
   try:
     if polygon:
       return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
@@ -107,6 +116,23 @@ def _gt_frame_to_rle(seg, video: dict, label: str, frame: int) -> dict:
   except Exception as e:  # pycocotools raises bare Exception / TypeError
     raise EvaluationError(
         f'{label}: cannot decode segmentations[{frame}]: {e}', 'gt') from e
+
+
+def _check_compressed(tracks, source: str) -> None:
+  """Every compressed RLE of ``tracks`` checked at once (run lengths that
+  add up to height x width), before pycocotools sees any: it loops forever
+  on some broken ones."""
+  where, segs = [], []
+  for track in tracks:
+    for f, seg in enumerate(track.seq):
+      if seg is not None:
+        where.append((track.label, f))
+        segs.append(seg)
+  for (label, f), problem in zip(where,
+                                 validate.compressed_rle_problems(segs)):
+    if problem:
+      raise EvaluationError(f'{label}: segmentations[{f}]: {problem}; '
+                            f'{validate.RLE_FIX}', source)
 
 
 def _finish_track(track: _Track) -> _Track:
@@ -124,6 +150,18 @@ def _finish_track(track: _Track) -> _Track:
 
 
 # ---------------------------------------------------------------- input
+
+
+def declared_frames(video: dict) -> int | None:
+  """A GT video's frame count: ``len(file_names)``, else ``length``; None
+  when it states neither."""
+  names = video.get('file_names')
+  if isinstance(names, list) and names:
+    return len(names)
+  length = video.get('length')
+  if is_integral(length) and length >= 0:
+    return int(length)
+  return 0 if isinstance(names, list) else None
 
 
 def _require(obj: dict, keys, label: str, source: str):
@@ -195,6 +233,14 @@ def _parse_gt(gt, ovis: bool):
       if a is not None and not is_number(a):
         raise EvaluationError(f'{label}: areas[{f}] is not a number', 'gt')
     video = videos[ann['video_id']]
+    frames = declared_frames(video)
+    last = max((f for f, s in enumerate(ann['segmentations']) if s),
+               default=-1)
+    if frames is not None and last >= frames:
+      raise EvaluationError(
+          f'{label}: has a mask in frame {last} but video {video["id"]} has '
+          f'{frames} frames (its "file_names" / "length"); fix the video\'s '
+          'frame list or the annotation', 'gt')
     seq = [_gt_frame_to_rle(s, video, label, f) if s else None
            for f, s in enumerate(ann['segmentations'])]
     track = _Track(ann_id=ann['id'], label=label, seq=seq,
@@ -204,7 +250,11 @@ def _parse_gt(gt, ovis: bool):
     if ovis:
       track.occ_score = _occlusion_score(ann['occlusion'], label)
     key = (ann['video_id'], ann['category_id'])
-    tracks.setdefault(key, []).append(_finish_track(track))
+    tracks.setdefault(key, []).append(track)
+  every = [t for group in tracks.values() for t in group]
+  _check_compressed(every, 'gt')
+  for track in every:
+    _finish_track(track)
   return video_ids, videos, cat_ids, names, tracks
 
 
@@ -214,7 +264,7 @@ def _parse_results(results, videos: dict, names: dict):
     raise EvaluationError(
         f'results must be a JSON list, got {type(results).__name__}',
         'results')
-  tracks = {}
+  tracks, checked = {}, []
   for i, res in enumerate(results):
     label = f'results[{i}]'
     if not isinstance(res, dict):
@@ -227,7 +277,10 @@ def _parse_results(results, videos: dict, names: dict):
           f'{label}: video_id {vid!r} is not a video of the ground truth',
           'results')
     if not is_number(res['score']):
-      raise EvaluationError(f'{label}: score is not a number', 'results')
+      raise EvaluationError(
+          f'{label}: score is {res["score"]!r}, not a finite number; write '
+          'each result\'s confidence as a number (NaN and infinity are not '
+          'scores)', 'results')
     if not isinstance(res['segmentations'], list):
       raise EvaluationError(f'{label}: "segmentations" is not a list',
                             'results')
@@ -241,13 +294,18 @@ def _parse_results(results, videos: dict, names: dict):
         raise EvaluationError(
             f'{label}: segmentations[{f}] is not a compressed RLE '
             '({"size": [h, w], "counts": str}) or null', 'results')
+    track = _Track(ann_id=i + 1, label=label, seq=seq, avg_area=0,
+                   score=res['score'])
+    checked.append(track)
     if not isinstance(cat, Hashable) or cat not in names:
       continue  # categories outside the GT are dropped silently
-    track = _finish_track(_Track(ann_id=i + 1, label=label, seq=seq, avg_area=0,
-                                 score=res['score']))
-    track.avg_area = _avg_area([int(a) if a >= 0 else None
-                                for a in track.areas])
     tracks.setdefault((vid, cat), []).append(track)
+  _check_compressed(checked, 'results')
+  for group in tracks.values():
+    for track in group:
+      _finish_track(track)
+      track.avg_area = _avg_area([int(a) if a >= 0 else None
+                                  for a in track.areas])
   return tracks
 
 

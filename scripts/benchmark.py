@@ -7,6 +7,7 @@
   python scripts/benchmark.py memory [--plot=PNG]
   python scripts/benchmark.py device [--json=device_check.json]
   python scripts/benchmark.py export [--export_platforms='cpu;cpu,cuda']
+  python scripts/benchmark.py predict --video_size=720,1280 [--json=OUT.json]
   python scripts/benchmark.py all
 
 data:   training clips per second from TFDS records at 640x360 (a synthetic
@@ -19,6 +20,9 @@ frame:  the network's per-frame step (backbone, association with the memory,
 train:  seconds per training step of one 5-frame clip (R50, 192x320).
 infer:  the online loop (OnlineSegmenter.step) on a 360x640 video.
 memory: the online loop over 1,000 frames: time and RSS against the frame.
+predict: python -m iai_jax.main --mode=predict over a 100- and a 1,000-frame
+        video (--video_size=720,1280 for 720p), each in a fresh process: peak
+        RSS (memory must not grow with the video) and wall time.
 device: the one-command accelerator check (GPU/TPU: at most 6 minutes;
         CPU: the tiny config at small sizes, so the tests run it), one JSON:
         the tests marked ``accelerator`` (a pytest subprocess), R50 360x640
@@ -893,16 +897,107 @@ def plot_series(path: str, ms, rss_series, title: str):
   img.save(path)
 
 
+def _write_test_video(path: str, frames: int, h: int, w: int, fps: int = 25):
+  """An H.264 video of coloured squares moving over a checkerboard, written
+  frame by frame."""
+  import imageio.v2 as imageio
+  import numpy as np
+  yy, xx = np.mgrid[0:h, 0:w]
+  board = (((xx // 40 + yy // 40) % 2) * 60 + 60).astype(np.uint8)
+  board = np.repeat(board[..., None], 3, axis=2)
+  colours = [(220, 40, 40), (40, 200, 60), (40, 80, 230), (230, 200, 30)]
+  writer = imageio.get_writer(path, fps=fps, macro_block_size=1)
+  for f in range(frames):
+    img = board.copy()
+    for k, colour in enumerate(colours):
+      side = h // (4 + k)
+      x0 = (f * (4 + 2 * k) + k * w // 4) % (w - side)
+      y0 = (f * (2 + k) + k * h // 5) % (h - side)
+      img[y0:y0 + side, x0:x0 + side] = colour
+    writer.append_data(img)
+  writer.close()
+
+
+_PEAK = ('import resource, subprocess, sys, time\n'
+         't = time.time()\n'
+         'rc = subprocess.run(sys.argv[1:]).returncode\n'
+         'print("PEAK", rc, time.time() - t, '
+         'resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n')
+
+
+def bench_predict(args) -> dict:
+  """``--mode=predict`` (decode, run, draw, encode) over a short and a long
+  video of the same size, each in a fresh process: peak RSS and time.
+
+  The model is the synthetic config's tiny one with random weights and
+  every threshold at 0, so each frame has the most detections the model
+  gives (ID slots full): the results kept until the end are as large as
+  they get.
+  """
+  import subprocess
+
+  import jax
+  from iai_jax import checkpoints, config_lib
+  from iai_jax.models import build_model, init_variables
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  h, w = args.video_size
+  spec = os.path.join(repo, 'configs', 'synthetic.py')
+  config = config_lib.load_config_file(spec)
+  tmp = tempfile.mkdtemp(prefix='iai_predict_bench_')
+  ckpt = os.path.join(tmp, 'ckpt')
+  variables = init_variables(build_model(config.model), jax.random.key(0))
+  checkpoints.save_variables(ckpt, jax.device_get(variables),
+                             {'source': 'benchmark: random init'})
+  out = {'config': 'configs/synthetic.py (tiny), random weights, '
+                   'score/id/video thresholds 0',
+         'video': f'{h}x{w} H.264, 25 fps'}
+  env = dict(os.environ, PYTHONPATH=repo + os.pathsep
+             + os.environ.get('PYTHONPATH', ''))
+  for frames in args.predict_frames:
+    video = os.path.join(tmp, f'in_{frames}.mp4')
+    _write_test_video(video, frames, h, w)
+    cmd = [sys.executable, '-c', _PEAK, sys.executable, '-m', 'iai_jax.main',
+           '--mode=predict', f'--config={spec}', f'--checkpoint={ckpt}',
+           f'--input={video}', f'--output={os.path.join(tmp, f"out_{frames}")}',
+           '--config.infer.score_thr=0.0', '--config.infer.id_thr=0.0',
+           '--config.infer.video_score_thr=0.0']
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                         cwd=repo)
+    peak = [l for l in run.stdout.splitlines() if l.startswith('PEAK ')]
+    if not peak or peak[-1].split()[1] != '0':
+      raise RuntimeError(f'predict on {frames} frames failed:\n'
+                         f'{run.stdout[-2000:]}\n{run.stderr[-3000:]}')
+    _, _, seconds, kb = peak[-1].split()
+    log = [l for l in run.stdout.splitlines() if 'frames/s' in l]
+    results = json.load(open(os.path.join(tmp, f'out_{frames}',
+                                          'results.json')))
+    out[f'frames_{frames}_peak_rss_mb'] = int(kb) / 1024
+    out[f'frames_{frames}_wall_s'] = float(seconds)
+    out[f'frames_{frames}_log'] = log[-1] if log else ''
+    out[f'frames_{frames}_tracks'] = len(results)
+    out[f'frames_{frames}_results_json_mb'] = os.path.getsize(os.path.join(
+        tmp, f'out_{frames}', 'results.json')) / 2 ** 20
+  lo, hi = min(args.predict_frames), max(args.predict_frames)
+  out['peak_rss_long_vs_short'] = (out[f'frames_{hi}_peak_rss_mb']
+                                   / out[f'frames_{lo}_peak_rss_mb'] - 1)
+  import shutil
+  shutil.rmtree(tmp, ignore_errors=True)
+  return out
+
+
 WHAT = ('data', 'frame', 'train', 'infer', 'memory', 'device', 'export',
-        'all')
-flags.DEFINE_list('video_size', ['360', '640'], 'infer/memory/device: H,W of '
-                  'the video.')
+        'predict', 'all')
+flags.DEFINE_list('video_size', ['360', '640'], 'infer/memory/device/predict: '
+                  'H,W of the video.')
 flags.DEFINE_integer('infer_frames', 100, 'infer: frames of the video.')
 flags.DEFINE_string('export_platforms', 'cpu;cpu,cuda', 'export: one '
                     'artifact per ";"-separated entry, each a --platforms '
                     'of python -m iai_jax.export.')
 flags.DEFINE_integer('export_frames', 10, 'export: frames served.')
 flags.DEFINE_integer('memory_frames', 1000, 'memory: frames of the video.')
+flags.DEFINE_list('predict_frames', ['100', '1000'], 'predict: frame counts '
+                  'of the videos (each run in its own process).')
 flags.DEFINE_integer('steps', 6, 'train: timed steps.')
 flags.DEFINE_list('train_size', ['192', '320'], 'train: H,W of the clip.')
 flags.DEFINE_bool('bf16', False, 'train: bfloat16 compute.')
@@ -977,6 +1072,7 @@ def main(argv):
   args = types.SimpleNamespace(
       what=argv[1], **{k: flags.FLAGS[k].value for k in names},
       video_size=tuple(int(x) for x in flags.FLAGS.video_size),
+      predict_frames=[int(x) for x in flags.FLAGS.predict_frames],
       train_size=tuple(int(x) for x in flags.FLAGS.train_size))
   unknown = set(args.device_parts) - set(PARTS.values())
   if unknown:
@@ -1008,6 +1104,8 @@ def main(argv):
     result['frame'] = bench_frame(args)
   if args.what in ('export', 'all'):
     result['export'] = bench_export(args)
+  if args.what == 'predict':  # minutes of video encoding: not in 'all'
+    result['predict'] = bench_predict(args)
   print_result(result)
   if args.json:
     with open(args.json, 'w') as f:

@@ -110,3 +110,36 @@ def test_check_command_exit_code(tmp_path, broken):
     assert '1 problem:' in proc.stdout and 'b/1.jpg' in proc.stdout
   else:
     assert 'no problems found' in proc.stdout
+
+
+def test_checker_decodes_every_frame_and_checks_its_size(tmp_path, capsys):
+  """Issue 17: a corrupt JPEG or a frame of another size used to pass."""
+  from vis_fixtures import write_frame
+  ann, frames = write_dataset(str(tmp_path))
+  with open(os.path.join(frames, 'a/1.jpg'), 'r+b') as f:  # cut in half
+    f.truncate(os.path.getsize(os.path.join(frames, 'a/1.jpg')) // 2)
+  with open(os.path.join(frames, 'a/2.jpg'), 'wb') as f:
+    f.write(b'not an image')
+  write_frame(os.path.join(frames, 'b/0.jpg'), 12, 10)
+  # a compressed RLE whose runs cover 7 of the 80 pixels
+  rewrite(ann, lambda d: d['annotations'][0]['segmentations'].__setitem__(
+      0, {'size': [8, 10], 'counts': '52'}))
+  report = check.check_dataset(ann, frames)
+  assert len(report.problems) == 3, report.problems
+  decode, size, mask = report.problems
+  assert decode.startswith(
+      'video 7: 2 of 3 frames do not decode as images, e.g. '
+      + os.path.join(frames, 'a/1.jpg'))
+  assert os.path.join(frames, 'a/2.jpg') in decode
+  assert decode.endswith('extract the frames again from the source video or '
+                         'replace the files')
+  assert size == (
+      'video 9: 1 of 3 frames are not the 10x8 (width x height) the JSON '
+      f'says, e.g. {os.path.join(frames, "b/0.jpg")} is 10x12; fix the '
+      'video\'s "height" / "width" or resize the frames')
+  assert mask.startswith('annotation 1 (video 7) frame 0: the run lengths of '
+                         '"counts" add up to 7 pixels, not height x width')
+  assert 'decoding frames' in capsys.readouterr().err   # the progress bar
+  # without decoding (the property tests) only the mask is found
+  assert check.check_dataset(ann, frames, decode_frames=False).problems == [
+      mask]

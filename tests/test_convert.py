@@ -554,3 +554,42 @@ def test_merge_init_rejects_unexpected_gaps(tiny):
   loaded['params']['head']['conv_cls']['bias'] = np.zeros(3, np.float32)
   with pytest.raises(checkpoints.CheckpointMismatchError, match='conv_cls/bias'):
     checkpoints.merge_init(fresh, loaded, allow_missing_prefixes=['fpn'])
+
+
+# ------------------------------------------------------------ issue 17
+def test_damaged_input_files_are_one_line_errors(tmp_path, tiny):
+  cfg, abstract = tiny
+  empty = tmp_path / 'empty.pth'
+  empty.write_bytes(b'')
+  text = tmp_path / 'notes.pth'
+  text.write_text('these are not weights\n')
+  variables = _random_variables(abstract, seed=3)
+  sd = convert.export_state_dict(variables, cfg.model, 'iai')
+  cut = tmp_path / 'cut.pth'
+  _save_pth(cut, sd)
+  data = cut.read_bytes()
+  cut.write_bytes(data[:len(data) // 2])
+  key = 'backbone.conv1.weight'
+  sd[key] = np.array(sd[key], copy=True)
+  sd[key].flat[0] = np.nan
+  nan = tmp_path / 'nan.pth'
+  _save_pth(nan, sd)
+  for path, match in (
+      (empty, r'empty.pth is empty \(0 bytes\): an interrupted download'),
+      (text, r'notes.pth is not a .*checkpoint'),
+      (cut, r'cut.pth is not a .*checkpoint'),
+      (nan, r'nan.pth: 1 tensors hold NaN or infinite values \(backbone.conv1.'
+            r'weight\): the file is damaged or comes from a diverged run')):
+    with pytest.raises(convert.ConversionError, match=match) as e:
+      convert.load_torch_state_dict(str(path))
+    assert '\n' not in str(e.value)
+  # through the command: one line, exit 1, the old output untouched
+  out = tmp_path / 'out'
+  run = subprocess.run(
+      [sys.executable, '-m', 'iai_jax.convert', '--source=iai',
+       f'--input={empty}', f'--config={os.path.join(REPO, TINY)}',
+       f'--output={out}'], capture_output=True, text=True, cwd=REPO)
+  assert run.returncode == 1
+  assert run.stderr == (f'error: {empty} is empty (0 bytes): an interrupted '
+                        'download or copy? Fetch the file again\n')
+  assert not out.exists()

@@ -247,3 +247,76 @@ def test_command_line(tmp_path, capsys):
   with pytest.raises(SystemExit, match='missing.json: no such file'):
     evaluate.main(['--gt', str(tmp_path / 'missing.json'),
                    '--results', str(res_path)])
+
+
+# ------------------------------------------------------------ bad input (17)
+# '52' is the runs 5, 2: 7 of the 100 pixels of a 10x10 frame. pycocotools'
+# mask.iou loops forever on it; it must be refused before.
+SHORT_RLE = {'size': [H, W], 'counts': '52'}
+
+
+@pytest.mark.parametrize('mutate, source, match', [
+    (lambda g, r: r[0]['segmentations'].__setitem__(1, SHORT_RLE), 'results',
+     r'results\[0\]: segmentations\[1\]: the run lengths of "counts" add up '
+     r'to 7 pixels, not height x width = 10 x 10 = 100; re-encode the mask'),
+    (lambda g, r: g['annotations'][0]['segmentations'].__setitem__(
+        2, SHORT_RLE), 'gt',
+     r'annotations\[0\] \(id 1\): segmentations\[2\]: the run lengths of '
+     r'"counts" add up to 7 pixels'),
+    (lambda g, r: r[0]['segmentations'][0].update(size=['10', '10']),
+     'results', r'results\[0\]: segmentations\[0\]: "size" is \[\'10\', '
+     r'\'10\'\], expected \[height, width\] as two positive integers'),
+    (lambda g, r: r[0].update(score=float('nan')), 'results',
+     r'results\[0\]: score is nan, not a finite number'),
+    (lambda g, r: r[0].update(score=float('inf')), 'results',
+     r'results\[0\]: score is inf, not a finite number'),
+    (lambda g, r: g['videos'][0].update(length=0), 'gt',
+     r'annotations\[0\] \(id 1\): has a mask in frame 2 but video 1 has 0 '
+     r'frames \(its "file_names" / "length"\); fix the video\'s frame list'),
+    (lambda g, r: g['annotations'][0]['segmentations'].__setitem__(
+        0, {'size': [H, W], 'counts': [50, 10]}), 'gt',
+     r'segmentations\[0\]: the run lengths of "counts" add up to 60 pixels'),
+    (lambda g, r: g['annotations'][0]['segmentations'].__setitem__(
+        0, [[1, 1, 1e15, 1, 5, 5]]), 'gt',
+     r'segmentations\[0\]: polygon 0 has a coordinate far outside'),
+])
+def test_bad_masks_scores_and_lengths_are_refused(mutate, source, match):
+  gt = gt_json([{'segmentations': [dict(s) for s in TRACK_A]}],
+               categories=(1,))
+  results = [res([dict(s) for s in TRACK_A], 0.9)]
+  mutate(gt, results)
+  for run in (evaluate.evaluate, evaluate.run_track_metrics):
+    with pytest.raises(evaluate.EvaluationError, match=match) as e:
+      run(gt, results)
+    assert e.value.source == source
+
+
+def test_command_line_never_hangs_on_a_broken_mask(tmp_path):
+  """The hang of issue 17 through the command: a one-line error, exit 1,
+  in seconds (the run is killed after 60 s)."""
+  import os
+  import subprocess
+  import sys
+  import time
+  gt = gt_json([{'segmentations': TRACK_A}], categories=(1,))
+  results = [res(TRACK_A[:1] + [SHORT_RLE] + TRACK_A[2:], 0.9)]
+  gt_path, res_path = tmp_path / 'gt.json', tmp_path / 'res.json'
+  gt_path.write_text(json.dumps(gt))
+  res_path.write_text(json.dumps(results))
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=repo)
+  for args in ([f'--gt={gt_path}', f'--results={res_path}'],
+               [f'--gt={gt_path}', f'--results={tmp_path}'],
+               [f'--gt={gt_path}', f'--results={res_path}',
+                '--metrics=hota']):
+    t = time.time()
+    r = subprocess.run([sys.executable, '-m', 'iai_jax.evaluate', *args],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count('\n') == 1 and 'Traceback' not in r.stderr
+    assert time.time() - t < 30
+    if args[1] == f'--results={tmp_path}':
+      assert r.stderr == f'error: {tmp_path}: is a directory, not a JSON file\n'
+    else:
+      assert r.stderr.startswith(f'error: {res_path}: results[0]: '
+                                 'segmentations[1]: the run lengths')

@@ -234,3 +234,32 @@ def test_first_frame_all_new_then_video_tracks(segmenter):
   assert seg.frames == 0  # ready for the next video
   for t in tracks:
     assert len(t['segmentations']) == 4
+
+
+@pytest.mark.parametrize('bad, match', [
+    (lambda f: f.transpose(2, 0, 1), r'channels first: pass '
+     r'frame.transpose\(1, 2, 0\)'),
+    (lambda f: f[None], r'a batch of shape \(1, 90, 150, 3\): pass one frame'),
+    (lambda f: np.zeros((0, 0, 3), np.uint8), 'at least one pixel'),
+    (lambda f: f.astype(np.float32) / 255, 'dtype float32: pass values 0..255'),
+    (lambda f: f[..., 0], r'a grey \(90, 150\) image'),
+])
+def test_a_bad_frame_is_refused_before_the_video_changes(segmenter, bad,
+                                                          match):
+  """Issue 17: a bad frame used to reset the running video first."""
+  seg = segmenter
+  frames = _video(4, 3)
+  seg.reset()
+  straight = [seg.step(f) for f in frames]
+  straight_tracks = seg.finish()
+  seg.step(frames[0])
+  seg.step(frames[1])
+  with pytest.raises(ValueError, match=match):
+    seg.step(bad(frames[1]))
+  assert seg.frames == 2
+  last = seg.step(frames[2])
+  assert [i['id'] for i in last] == [i['id'] for i in straight[2]]
+  tracks = seg.finish()
+  assert len(tracks) == len(straight_tracks)
+  for a, b in zip(tracks, straight_tracks):
+    assert a['segmentations'] == b['segmentations']

@@ -241,5 +241,52 @@ def test_bad_frame_size_is_reported():
   cfg = _config(clip_len=2)
   rec = _record(frames=2, tracks=[])
   rec['height'] = 40
-  with pytest.raises(ValueError, match='frame 0 is 64x32, the record says 64x40'):
+  with pytest.raises(P.TrainingDataError,
+                     match=r'video 7 frame 0 is 64x32 \(width x height\), the '
+                     'annotations say 64x40; find every such problem with '
+                     'python -m iai_jax.data.check'):
     P.make_training_clip(rec, np.random.default_rng(0), cfg)
+
+
+def test_unreadable_frame_and_bad_mask_name_the_video_and_frame():
+  """Issue 17: these crashed training with a traceback naming no file, or
+  (too few run lengths) trained on memory pycocotools never wrote."""
+  cfg = _config(clip_len=2)
+  rec = _record(frames=2, tracks=[(0, False, {0: (2, 6, 2, 6),
+                                              1: (2, 6, 2, 6)})])
+  rec['file_names'] = ['v/00000.jpg', 'v/00001.jpg']
+  broken = dict(rec, frames=[rec['frames'][0], rec['frames'][1][:40]])
+  with pytest.raises(P.TrainingDataError,
+                     match=r'video 7 frame 1 \(v/00001.jpg\): the image does '
+                     r'not decode \(.*\); find every such problem with python '
+                     r'-m iai_jax.data.check'):
+    P.make_training_clip(broken, np.random.default_rng(0), cfg)
+  for counts, problem in ((b'52', 'add up to 7 pixels, not height x width = '
+                           '32 x 64 = 2048'),
+                          (rec['rle'][0] + b'3', r'add up to \d+ pixels, not')):
+    bad = dict(rec, rle=np.asarray([counts, rec['rle'][1]], object))
+    with pytest.raises(P.TrainingDataError,
+                       match=r'video 7 frame 0 \(v/00000.jpg\): the mask of '
+                       f'track 0: the run lengths of "counts" {problem}'):
+      P.make_training_clip(bad, np.random.default_rng(0), cfg)
+
+
+def test_training_loop_reports_the_bad_record_however_it_is_wrapped():
+  from iai_jax import train
+  cfg = _config(clip_len=2, batch_size=2, clips_per_video=1)
+  good = _record(frames=2, tracks=[(0, False, {0: (2, 6, 2, 6)})])
+  bad = dict(good, video_id=9, frames=[good['frames'][0][:40]] * 2)
+  it = iter(P.training_dataset(cfg, [good, bad], prefetch=1))
+  with pytest.raises(P.TrainingDataError, match='video 9 frame .: the image '
+                     'does not decode'):
+    for _ in range(4):
+      train.next_batch(it)
+
+  class Wrapped:  # as a worker process re-raises it
+    def __next__(self):
+      try:
+        raise P.TrainingDataError('video 3 frame 1: the image does not decode')
+      except P.TrainingDataError as e:
+        raise RuntimeError('worker failed') from e
+  with pytest.raises(P.TrainingDataError, match='video 3 frame 1'):
+    train.next_batch(Wrapped())

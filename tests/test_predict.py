@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iai_jax import checkpoints, config_lib, eval_split, predict
+from iai_jax import checkpoints, config_lib, eval_split, inference, predict
 from iai_jax.data import synthetic, tfds_builder
 from iai_jax.models import build_model, init_variables
 
@@ -104,3 +104,114 @@ def test_evaluate_split_writes_results_zip_and_scores(tiny, tmp_path):
   assert any('Average Precision' in l for l in logs)
   gifs = [f for f in os.listdir(out) if f.endswith('.gif')]
   assert len(gifs) == 1 and Image.open(out / gifs[0]).n_frames == 4
+
+
+# ------------------------------------------------------------ issue 17
+def test_predict_streams_frame_by_frame(tiny, tmp_path, monkeypatch):
+  """Each frame is decoded, run, drawn and written before the next is read:
+  nothing holds the video's frames or overlays."""
+  cfg, variables = tiny
+  events = []
+
+  def frames():
+    for i, f in enumerate(_frames(4)):
+      events.append(('read', i))
+      yield f
+
+  monkeypatch.setattr(predict, 'open_frames',
+                      lambda path, fps: (frames(), 10.0, 4))
+  real_draw = predict.overlay.draw_overlay
+  monkeypatch.setattr(predict.overlay, 'draw_overlay', lambda *a: (
+      events.append(('draw', len(events))), real_draw(*a))[1])
+  (tmp_path / 'in.mp4').write_bytes(b'')  # open_frames is replaced
+  predict.predict_video(cfg, variables, str(tmp_path / 'in.mp4'),
+                        str(tmp_path / 'o'), gif=True, log=lambda *_: None)
+  assert [e[0] for e in events] == ['read', 'draw'] * 4
+  assert Image.open(tmp_path / 'o' / 'overlay.gif').n_frames == 4
+
+
+def test_predict_output_folder_is_refused_or_replaced_whole(tiny, tmp_path,
+                                                             monkeypatch):
+  cfg, variables = tiny
+  folder = tmp_path / 'frames'
+  folder.mkdir()
+  for i, f in enumerate(_frames(3)):
+    Image.fromarray(f).save(folder / f'{i:03d}.png')
+  out = tmp_path / 'o'
+  quiet = {'log': lambda *_: None}
+  predict.predict_video(cfg, variables, str(folder), str(out), png=True,
+                        gif=True, **quiet)
+  first = sorted(os.listdir(out))
+  assert first == ['masks', 'overlay.gif', 'overlay.mp4', 'results.json']
+  # a second prediction into the same folder: refused, nothing touched
+  before = {n: os.path.getmtime(out / n) for n in first}
+  with pytest.raises(predict.PredictError,
+                     match=r'output folder .*o is not empty .*--overwrite'):
+    predict.predict_video(cfg, variables, str(folder), str(out), **quiet)
+  assert {n: os.path.getmtime(out / n) for n in first} == before
+  # a run that dies half-way leaves the previous outputs as they were
+  real_step = inference.OnlineSegmenter.step
+  calls = []
+
+  def dies(self, frame):
+    calls.append(1)
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return real_step(self, frame)
+
+  monkeypatch.setattr(inference.OnlineSegmenter, 'step', dies)
+  with pytest.raises(KeyboardInterrupt):
+    predict.predict_video(cfg, variables, str(folder), str(out),
+                          overwrite=True, **quiet)
+  monkeypatch.undo()
+  assert sorted(os.listdir(out)) == first
+  assert sorted(os.listdir(tmp_path)) == ['frames', 'o']  # no staging left
+  # with --overwrite the old outputs are replaced as a whole: no old masks
+  # or GIF beside the new results
+  predict.predict_video(cfg, variables, str(folder), str(out),
+                        overwrite=True, **quiet)
+  assert sorted(os.listdir(out)) == ['overlay.mp4', 'results.json']
+  # --overwrite never deletes what a prediction did not write
+  (out / 'notes.txt').write_text('mine')
+  with pytest.raises(predict.PredictError, match=r'holds files that a '
+                     r'prediction does not write \(notes.txt\)'):
+    predict.check_paths(str(folder), str(out), overwrite=True)
+  with pytest.raises(predict.PredictError, match='folder of its own'):
+    predict.check_paths(str(folder), os.getcwd(), overwrite=True)
+
+
+def test_predict_unwritable_output_fails_before_any_frame(tiny, tmp_path,
+                                                          monkeypatch):
+  cfg, variables = tiny
+  video = str(tmp_path / 'in.mp4')
+  imageio.mimwrite(video, _frames(2), fps=12, macro_block_size=1)
+  monkeypatch.setattr(predict, 'open_frames', lambda *a: pytest.fail(
+      'frames were read'))
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(predict.PredictError, match='is a file; pass a folder'):
+    predict.predict_video(cfg, variables, video, str(tmp_path / 'file'))
+  with pytest.raises(predict.PredictError, match='not a writable folder'):
+    predict.predict_video(cfg, variables, video, str(tmp_path / 'file' / 'o'))
+  locked = tmp_path / 'locked'
+  locked.mkdir()
+  locked.chmod(0o500)
+  try:
+    if not os.access(locked, os.W_OK):  # root writes anywhere
+      with pytest.raises(predict.PredictError, match='not a writable folder'):
+        predict.predict_video(cfg, variables, video, str(locked / 'o'))
+  finally:
+    locked.chmod(0o700)
+
+
+def test_predict_bad_frame_names_the_file(tiny, tmp_path):
+  cfg, variables = tiny
+  folder = tmp_path / 'frames'
+  folder.mkdir()
+  for i, f in enumerate(_frames(2)):
+    Image.fromarray(f).save(folder / f'{i:03d}.png')
+  (folder / '002.png').write_bytes(b'\x89PNG broken')
+  with pytest.raises(predict.PredictError,
+                     match=r'cannot read frame .*002.png.*replace or remove'):
+    predict.predict_video(cfg, variables, str(folder), str(tmp_path / 'o'),
+                          log=lambda *_: None)
+  assert not (tmp_path / 'o').exists()   # nothing half-written

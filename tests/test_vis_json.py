@@ -84,7 +84,23 @@ def _set_seg(frame, seg):
      r'annotation 1 frame 0: mask size \[4, 4\] does not match the video '
      r'size \[8, 10\]'),
     (_set_seg(0, {'size': [H, W], 'counts': [3, 4]}),
-     'counts sum to 7, not height\\*width = 80'),
+     r'annotation 1 frame 0: the run lengths of "counts" add up to 7 pixels, '
+     r'not height x width = 8 x 10 = 80; re-encode the mask'),
+    # compressed: runs 5, 2 (hand-encoded '52') cover 7 of 80 pixels
+    (_set_seg(0, {'size': [H, W], 'counts': '52'}),
+     r'annotation 1 frame 0: the run lengths of "counts" add up to 7 pixels, '
+     r'not height x width = 8 x 10 = 80'),
+    # 'P' = 0x20 | 0: a number that never ends
+    (_set_seg(0, {'size': [H, W], 'counts': '5P'}),
+     'annotation 1 frame 0: "counts" ends in the middle of a number'),
+    (_set_seg(0, {'size': ['8', '10'], 'counts': '52'}),
+     r'annotation 1 frame 0: "size" is \[\'8\', \'10\'\], expected \[height, '
+     r'width\] as two positive integers'),
+    (_set_seg(0, [[1.0, 1.0, float('nan'), 2.0, 3.0, 3.0]]),
+     'annotation 1 frame 0: polygon 0 must be a flat list'),
+    (_set_seg(0, [[1.0, 1.0, 1e12, 2.0, 3.0, 3.0]]),
+     'annotation 1 frame 0: polygon 0 has a coordinate far outside the 8x10 '
+     'frame'),
     (_set_seg(0, 'not a mask'), 'a mask must be a polygon list'),
     (lambda d: d['annotations'][0].update(video_id=3),
      'video_id 3 is not in "videos"'),

@@ -55,8 +55,16 @@ def dataset_dict():
   }
 
 
+def write_frame(path, h, w, value=0):
+  """A grey h x w JPEG at ``path`` (folders made)."""
+  from PIL import Image
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(path)
+
+
 def write_dataset(root, data=None, frames=True):
-  """Writes ``root/ann.json`` and empty frame files under ``root/frames``.
+  """Writes ``root/ann.json`` and a JPEG of the video's size for every frame
+  under ``root/frames``.
 
   Returns (annotation path, frames root).
   """
@@ -69,9 +77,7 @@ def write_dataset(root, data=None, frames=True):
   if frames:
     for v in data['videos']:
       for n in v['file_names']:
-        os.makedirs(os.path.join(frames_root, os.path.dirname(n)),
-                    exist_ok=True)
-        open(os.path.join(frames_root, n), 'wb').close()
+        write_frame(os.path.join(frames_root, n), v['height'], v['width'])
   return ann, frames_root
 
 

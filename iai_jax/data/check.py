@@ -5,7 +5,8 @@
 
 Problems it finds (all of them, not only the first): an unreadable or
 malformed JSON, malformed videos / annotations / categories, missing frame
-files, masks whose size is not the video's, undecodable masks, per-frame
+files, frames that do not decode (every frame is decoded, with a progress
+bar) or whose size is not the video's, masks whose size is not the video's, undecodable masks, per-frame
 lists whose length is not the frame count, unknown category ids,
 annotations of unknown videos, and videos with more (non-crowd) instances
 than the model can give IDs to: the tracker issues IDs 0..N-3 of the
@@ -61,10 +62,55 @@ class Report:
     return '\n'.join(lines)
 
 
-def _check_videos(data, frames_root, problems) -> dict:
-  """Valid videos by id; problems appended for the others."""
+def read_frame_size(path: str) -> tuple[int, int]:
+  """(height, width) of an image file, decoded in full (a truncated or
+  corrupt JPEG fails here, not in the middle of training); OSError /
+  ValueError when it does not decode."""
+  from PIL import Image
+  with Image.open(path) as im:
+    im.load()
+    return im.height, im.width
+
+
+def _frame_problems(vid, v, frames_root, paths, progress) -> list[str]:
+  """Every frame of a video decoded; its size checked against the JSON."""
+  h, w = v['height'], v['width']
+  unreadable, wrong = [], []
+  for name, path in paths:
+    try:
+      size = read_frame_size(path)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's decode errors
+      unreadable.append((name, f'{type(e).__name__}: {e}'))
+    else:
+      if is_int(h) and is_int(w) and size != (h, w):
+        wrong.append((name, size))
+    progress(1)
+  problems = []
+  if unreadable:
+    problems.append(
+        f'video {vid}: {len(unreadable)} of {len(paths)} frames do not decode '
+        f'as images, e.g. {os.path.join(frames_root, unreadable[0][0])} '
+        f'({unreadable[0][1]})'
+        + ''.join(f', {os.path.join(frames_root, n)}'
+                  for n, _ in unreadable[1:3])
+        + (', ...' if len(unreadable) > 3 else '')
+        + '; extract the frames again from the source video or replace the '
+        'files')
+  if wrong:
+    (name, (fh, fw)) = wrong[0]
+    problems.append(
+        f'video {vid}: {len(wrong)} of {len(paths)} frames are not the '
+        f'{w}x{h} (width x height) the JSON says, e.g. '
+        f'{os.path.join(frames_root, name)} is {fw}x{fh}; fix the video\'s '
+        '"height" / "width" or resize the frames')
+  return problems
+
+
+def _check_videos(data, frames_root, problems, decode_frames=True) -> dict:
+  """Valid videos by id; problems appended for the others. With
+  ``decode_frames`` every frame file is decoded and its size checked."""
   have_frames = os.path.isdir(frames_root)
-  videos = {}
+  videos, to_decode = {}, []
   for i, v in enumerate(data['videos']):
     if not isinstance(v, dict) or not is_int(v.get('id')):
       problems.append(f'videos[{i}] has no integer "id"')
@@ -90,12 +136,23 @@ def _check_videos(data, frames_root, problems) -> dict:
                       'file_names')
     videos[vid] = dict(v, file_names=names, height=h, width=w)
     if have_frames:
-      missing = [os.path.join(frames_root, n) for n in names
-                 if not os.path.isfile(os.path.join(frames_root, n))]
+      present = [(n, os.path.join(frames_root, n)) for n in names]
+      missing = [p for _, p in present if not os.path.isfile(p)]
       if missing:
         problems.append(f'video {vid}: {len(missing)} of {len(names)} frame '
                         'files missing: ' + ', '.join(missing[:3])
                         + (', ...' if len(missing) > 3 else ''))
+      present = [(n, p) for n, p in present if os.path.isfile(p)]
+      if decode_frames and present:
+        to_decode.append((vid, present))
+  if to_decode:
+    from tqdm import tqdm
+    total = sum(len(p) for _, p in to_decode)
+    with tqdm(total=total, unit='frame', desc='decoding frames',
+              dynamic_ncols=True, mininterval=1.0, file=sys.stderr) as bar:
+      for vid, present in to_decode:
+        problems += _frame_problems(vid, videos[vid], frames_root, present,
+                                    bar.update)
   return videos
 
 
@@ -105,26 +162,26 @@ def _check_masks(a, v, where, problems) -> None:
   if not (is_int(h) and is_int(w)):
     return  # already reported with the video
   for f, seg in enumerate(a['segmentations']):
-    if seg is None:
-      continue
     if isinstance(seg, dict) and 'size' in seg and (
         not isinstance(seg['size'], list) or list(seg['size']) != [h, w]):
-      problems.append(f'{where} frame {f}: mask size {seg["size"]}, the '
+      problems.append(f'{where} frame {f}: mask size {seg["size"]!r}, the '
                       f'video is [{h}, {w}]')
       return
-    try:
-      vis_json.to_rle(seg, h, w, f'{where} frame {f}')
-    except vis_json.VisDataError as e:
-      problems.append(str(e))
-      return
+  try:
+    vis_json.annotation_masks(a['segmentations'], h, w, where)
+  except vis_json.VisDataError as e:
+    problems.append(str(e))
 
 
 def check_dataset(ann_path: str, frames_root: str,
-                  max_instances: int | None = None) -> Report:
+                  max_instances: int | None = None,
+                  decode_frames: bool = True) -> Report:
   """Checks one annotation file and its frames; never raises on bad data.
 
   ``max_instances``: the most non-crowd instances a video may have (the
   config's ``model.max_obj_num - 2``); None: not checked.
+  ``decode_frames``: decode every frame file (with a progress bar on
+  stderr) and check its size against the JSON's height and width.
   """
   problems: list[str] = []
   try:
@@ -147,7 +204,7 @@ def check_dataset(ann_path: str, frames_root: str,
       problems.append(f'category id {c["id"]} appears twice')
     else:
       cats[c['id']] = str(c.get('name', c['id']))
-  videos = _check_videos(data, frames_root, problems)
+  videos = _check_videos(data, frames_root, problems, decode_frames)
 
   annotations = data.get('annotations')
   if annotations is None:
@@ -164,12 +221,12 @@ def check_dataset(ann_path: str, frames_root: str,
       continue
     vid = a.get('video_id')
     where = f'annotation {a.get("id", f"#{i}")} (video {vid})'
-    if vid not in videos:
+    if not is_int(vid) or vid not in videos:
       problems.append(f'{where}: video_id {vid} is not a video of the file')
       continue
     v = videos[vid]
     n = len(v['file_names'])
-    if a.get('category_id') not in cats:
+    if not is_int(a.get('category_id')) or a['category_id'] not in cats:
       problems.append(f'{where}: unknown category_id {a.get("category_id")} '
                       f'(known: {sorted(cats)})')
     else:

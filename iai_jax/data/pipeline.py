@@ -60,6 +60,16 @@ from iai_jax import preprocess
 BACKGROUND = 255
 IGNORE = 254
 
+FIX_RECORDS = ('find every such problem with python -m iai_jax.data.check '
+               '--config=<your config>, fix the files, then rebuild the '
+               'records with python -m iai_jax.data.build --config=<your '
+               'config> --overwrite')
+
+
+class TrainingDataError(ValueError):
+  """A video record that cannot be trained on; the message names the video,
+  the frame (and its file) and says how to fix it."""
+
 
 def bucket_size(config) -> tuple[int, int]:
   """The fixed padded (H, W) every training frame is padded into."""
@@ -119,6 +129,50 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     return np.asarray(im.convert('RGB'))
 
 
+def _frame_name(record, f: int) -> str:
+  names = record.get('file_names') if hasattr(record, 'get') else None
+  if names is None or f >= len(names):
+    return ''
+  name = names[f]
+  return f' ({name.decode(errors="replace") if isinstance(name, bytes) else name})'
+
+
+def decode_record_frame(record, f: int) -> np.ndarray:
+  """Frame ``f`` of a record as (H, W, 3) uint8 RGB, checked against the
+  record's size; TrainingDataError naming the video and frame if not."""
+  vid, name = int(record['video_id']), _frame_name(record, f)
+  try:
+    img = decode_jpeg(record['frames'][f])
+  except (OSError, ValueError, SyntaxError) as e:  # PIL's decode errors
+    raise TrainingDataError(
+        f'video {vid} frame {f}{name}: the image does not decode '
+        f'({type(e).__name__}: {e}); {FIX_RECORDS}') from e
+  h, w = int(record['height']), int(record['width'])
+  if img.shape[:2] != (h, w):
+    raise TrainingDataError(
+        f'video {vid} frame {f}{name} is {img.shape[1]}x{img.shape[0]} '
+        f'(width x height), the annotations say {w}x{h}; {FIX_RECORDS}')
+  return img
+
+
+def check_record_masks(record, rles: np.ndarray) -> None:
+  """Every RLE of a record (tracks x frames of counts, b'' where absent)
+  checked before pycocotools decodes it; TrainingDataError naming the
+  video, track and frame of the first bad one."""
+  from iai_jax import validate
+  h, w = int(record['height']), int(record['width'])
+  where = [(k, f) for k in range(rles.shape[0]) for f in range(rles.shape[1])
+           if len(rles[k, f])]
+  problems = validate.compressed_rle_problems(
+      [{'size': [h, w], 'counts': rles[k, f]} for k, f in where])
+  for (k, f), problem in zip(where, problems):
+    if problem:
+      raise TrainingDataError(
+          f'video {int(record["video_id"])} frame {f}{_frame_name(record, f)}'
+          f': the mask of track {int(record["track_id"][k])}: {problem}; '
+          f'{FIX_RECORDS}')
+
+
 def _rle(counts: bytes, h: int, w: int) -> dict | None:
   if not counts:
     return None
@@ -171,6 +225,7 @@ def make_training_clip(record: dict, rng: np.random.Generator, config
   crowd = np.asarray(record['iscrowd'], bool)
   num_tracks = len(labels)
   rles = np.asarray(record['rle'], dtype=object).reshape(num_tracks, num_frames)
+  check_record_masks(record, rles)
   area = np.zeros((num_tracks, num_frames), np.int64)
   for k in range(num_tracks):
     for f in range(num_frames):
@@ -201,10 +256,7 @@ def make_training_clip(record: dict, rng: np.random.Generator, config
   for t, f in enumerate(idx):
     if per_frame_scale and t > 0:
       scale = draw_scale(config, rng)
-    img = decode_jpeg(record['frames'][f])
-    if img.shape[:2] != (h, w):
-      raise ValueError(f'video {int(record["video_id"])}: frame {int(f)} is '
-                       f'{img.shape[1]}x{img.shape[0]}, the record says {w}x{h}')
+    img = decode_record_frame(record, int(f))
     nh, nw = fit_size(h, w, scale[0], scale[1], bucket)
     flip = bool(config.train.flip) and bool(rng.random() < 0.5)
     img = preprocess.resize_image(img, (nh, nw))

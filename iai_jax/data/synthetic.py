@@ -26,7 +26,6 @@ than half of the shape's in-picture area hidden by others).
 from __future__ import annotations
 
 import colorsys
-import json
 import math
 import os
 
@@ -472,8 +471,8 @@ def generate(out_dir: str, num_videos: int, num_frames: int, height: int,
                          for i, n in enumerate(CLASSES)]}
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, ann_name)
-  with open(path, 'w') as f:
-    json.dump(data, f)
+  from iai_jax import atomic  # the annotation file last: a complete dataset
+  atomic.write_json(path, data)
   return path
 
 

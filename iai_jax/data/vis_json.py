@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from iai_jax import validate
 from iai_jax.validate import is_int
 
 
@@ -91,29 +92,43 @@ def read_json(path: str, what: str = 'annotation file') -> Any:
     raise VisDataError(f'cannot read {path}: {e}') from e
 
 
-def to_rle(seg, height: int, width: int, where: str) -> dict:
-  """Polygon / uncompressed RLE / compressed RLE -> compressed RLE (bytes)."""
+def to_rle(seg, height: int, width: int, where: str,
+           checked: bool = False) -> dict:
+  """Polygon / uncompressed RLE / compressed RLE -> compressed RLE (bytes).
+
+  Every mask is checked before pycocotools sees it (:mod:`iai_jax.validate`):
+  it trusts RLEs, and one whose run lengths do not add up to height x width
+  decodes to memory it never wrote. ``checked``: a compressed RLE was
+  already checked (:func:`annotation_masks` checks them all at once).
+  """
   try:
     if isinstance(seg, list):  # polygons
       if not seg:
         raise VisDataError(f'{where}: empty polygon list (use null for absent)')
+      problem = validate.polygon_problem(seg, height, width)
+      if problem:
+        raise VisDataError(f'{where}: {problem}; {validate.RLE_FIX}')
       rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
     elif isinstance(seg, dict) and 'counts' in seg and 'size' in seg:
+      problem = validate.rle_size_problem(seg['size'])
+      if problem:
+        raise VisDataError(f'{where}: {problem}')
       if list(seg['size']) != [height, width]:
         raise VisDataError(
             f'{where}: mask size {list(seg["size"])} does not match the video '
             f'size [{height}, {width}] (height, width)')
       if isinstance(seg['counts'], list):
-        if sum(seg['counts']) != height * width:
-          raise VisDataError(
-              f'{where}: the uncompressed RLE counts sum to '
-              f'{sum(seg["counts"])}, not height*width = {height * width}')
+        problem = validate.uncompressed_rle_problem(seg)
+        if problem:
+          raise VisDataError(f'{where}: {problem}; {validate.RLE_FIX}')
         rle = mask_utils.frPyObjects(seg, height, width)
       else:
+        problem = None if checked else validate.compressed_rle_problem(seg)
+        if problem:
+          raise VisDataError(f'{where}: {problem}; {validate.RLE_FIX}')
         counts = seg['counts']
         rle = {'size': [height, width],
                'counts': counts.encode() if isinstance(counts, str) else counts}
-        mask_utils.area(rle)  # validates the string
     else:
       raise VisDataError(f'{where}: a mask must be a polygon list, an RLE dict '
                          '{"size", "counts"} or null')
@@ -122,6 +137,30 @@ def to_rle(seg, height: int, width: int, where: str) -> dict:
   except Exception as e:  # pycocotools raises bare Exceptions
     raise VisDataError(f'{where}: cannot decode the mask: {e}') from e
   return {'size': [height, width], 'counts': rle['counts']}
+
+
+def annotation_masks(segs: list, height: int, width: int, where: str
+                     ) -> list[dict | None]:
+  """One annotation's per-frame masks as compressed RLE, None where absent.
+
+  Raises VisDataError naming ``where`` and the frame of the first bad mask;
+  the compressed RLEs are checked all at once.
+  """
+  compressed = [f for f, s in enumerate(segs)
+                if isinstance(s, dict) and isinstance(s.get('counts'),
+                                                      (str, bytes))
+                and isinstance(s.get('size'), (list, tuple))
+                and list(s['size']) == [height, width]]
+  problems = dict(zip(compressed, validate.compressed_rle_problems(
+      [segs[f] for f in compressed])))
+  out = []
+  for f, seg in enumerate(segs):
+    if problems.get(f):
+      raise VisDataError(f'{where} frame {f}: {problems[f]}; '
+                         f'{validate.RLE_FIX}')
+    out.append(None if seg is None else to_rle(
+        seg, height, width, f'{where} frame {f}', checked=f in problems))
+  return out
 
 
 OCCLUSION_LEVELS = ('no_occlusion', 'slight_occlusion', 'severe_occlusion')
@@ -188,12 +227,14 @@ def parse(data: dict, path: str = '<json>') -> tuple[list, dict, list]:
         raise VisDataError(f'{where} has no "{key}" (every annotation needs '
                            'video_id, category_id and per-frame '
                            'segmentations)')
-    if a['video_id'] not in by_id:
-      raise VisDataError(f'{where}: video_id {a["video_id"]} is not in '
+    if 'id' in a and not is_int(a['id']):
+      raise VisDataError(f'{where}: "id" must be an integer (or left out)')
+    if not is_int(a['video_id']) or a['video_id'] not in by_id:
+      raise VisDataError(f'{where}: video_id {a["video_id"]!r} is not in '
                          '"videos"')
-    if a['category_id'] not in cat_ids:
+    if not is_int(a['category_id']) or a['category_id'] not in cat_ids:
       raise VisDataError(
-          f'{where}: category_id {a["category_id"]} is not in "categories" '
+          f'{where}: category_id {a["category_id"]!r} is not in "categories" '
           f'(known ids: {sorted(cat_ids)}); add the category or fix the id')
     n = len(by_id[a['video_id']]['file_names'])
     for key in ('segmentations', 'bboxes', 'areas', 'occlusion'):
@@ -239,9 +280,8 @@ def load_vis_json(ann_path: str, frames_root: str, *,
     h, w = int(v['height']), int(v['width'])
     tracks = []
     for a in anns[v['id']]:
-      segs = [None if s is None else to_rle(
-          s, h, w, f'{ann_path}: annotation {a.get("id")} frame {f}')
-              for f, s in enumerate(a['segmentations'])]
+      segs = annotation_masks(a['segmentations'], h, w,
+                              f'{ann_path}: annotation {a.get("id")}')
       tracks.append(Track(track_id=int(a.get('id', len(tracks) + 1)),
                           label=label_of[a['category_id']],
                           iscrowd=bool(a.get('iscrowd', 0)),
@@ -312,8 +352,8 @@ def write_heldout_gt(data: dict | str, video_ids, out_path: str) -> str:
   'heldout_gt.json')``, then ``python -m iai_jax.evaluate
   --gt=heldout_gt.json --results=results.json``.
   """
+  from iai_jax import atomic
   gt = heldout_ground_truth(data, video_ids)
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  with open(out_path, 'w', encoding='utf-8') as f:
-    json.dump(gt, f)
+  atomic.write_json(out_path, gt)
   return out_path
