@@ -11,7 +11,9 @@ every variable of the run's last checkpoint except the association block
 then leaves at their fresh initialisation (so the number of ID slots, the
 memory switches and the ID-bank size may differ from the run's). Used by
 ``scripts/ablate.py --init_from`` so that every ablation variant starts from
-the same detector.
+the same detector. With ``--whole`` every variable is kept (a trained IAI as
+the common start of fine-tuning runs; the number of ID slots must then be
+the run's).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ _CONFIG = flags.DEFINE_string('config', 'configs/synthetic.py',
 _OUTPUT = flags.DEFINE_string('output', None, 'Folder to write.',
                               required=True)
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace OUTPUT.')
+_WHOLE = flags.DEFINE_bool('whole', False, 'Keep every variable (association '
+                           'block and ID head too): a whole trained IAI as '
+                           'the common start of fine-tuning runs.')
 
 
 def detector_part(variables):
@@ -53,7 +58,10 @@ def main(argv):
   config = config_lib.load_config_file(
       os.path.join(ROOT, path) + (f':{arg}' if arg else ''))
   variables = checkpoints.restore_variables(config, _RUN.value)
-  part, dropped = detector_part(variables)
+  if _WHOLE.value:
+    part, dropped = variables, []
+  else:
+    part, dropped = detector_part(variables)
   checkpoints.save_variables(
       _OUTPUT.value, part,
       {'source': 'iai_jax run (detector part)', 'run': os.path.abspath(
