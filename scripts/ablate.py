@@ -30,6 +30,20 @@ variant's metrics are cached in WORKDIR/<split>/<variant>/ablation.json
 AR10 in %) is printed and written to ``--out`` (default WORKDIR/ablation.md),
 the numbers also to the same path with .json.
 
+``--train_on=reid`` trains every variant once on the re-identification
+split and evaluates it on every split. The recipe fine-tunes IAI from a
+trained detector (CondInst on COCO); here the variants can share a start
+with ``--set init_from=DIR``, a folder written by
+``scripts/detector_init.py`` from a synthetic run: its detector only, or
+with ``--whole`` the whole trained IAI. The record in BENCHMARKS.md:
+
+  python scripts/detector_init.py --whole --run=runs/synthetic \
+      --output=runs/synthetic_whole
+  python scripts/ablate.py --workdir=runs/ablate_reid --train_on=reid \
+      --steps=600 --set model.max_obj_num=10 \
+      --set model.association.global_slots=16 \
+      --set init_from=runs/synthetic_whole
+
 ``--steps`` changes the budget of every variant; the learning-rate decay
 epochs are scaled with it (so the decays stay at the same fraction of the
 budget) and the warm-up is cut to a tenth of the budget when it is longer.
