@@ -135,6 +135,7 @@ def test_no_association_training_clip_is_frame_by_frame(tiny_variables):
   id_map[:, :, 8:40, 8:40] = 0
   batch = {'image': jnp.asarray(np.stack([np.stack([f0, f1]),
                                           np.stack([f1, f1])])),
+           'image_size': jnp.full((2, 2, 2), 64, jnp.int32),
            'id_map': jnp.asarray(id_map),
            'new_instance': jnp.asarray([[True, False], [True, False]])}
   v = tiny_variables
@@ -251,19 +252,23 @@ def test_mask_iou_tracker_one_to_one_prefers_the_better_overlap():
 
 
 def test_mask_iou_tracker_cap_like_id_tracker():
-  # N = 4: IDs 0..1 only (N-2 identities), later new instances are dropped
+  # N = 4: the counter stops at N-2 = 2, as the authors' does: IDs 0 and 1
+  # are one object each, every later new instance shares ID 2
   t = tracking.MaskIouTracker(num_ids=4, iou_threshold=0.3)
   A, B, C = _box(0, 3, 0, 3), _box(0, 3, 5, 8), _box(6, 9, 0, 3)
+  D = _box(6, 9, 5, 8)
   ids = t.step(np.stack([A, B, C]))
-  assert ids.tolist() == [0, 1, -1] and t.dropped == 1 and t.new_instance
-  # the dropped object is not tracked: still new, still dropped
-  ids = t.step(np.stack([C, B, A]))
-  assert ids.tolist() == [-1, 1, 0] and t.dropped == 2 and t.new_instance
+  assert ids.tolist() == [0, 1, 2] and t.new_instance and t.num_issued == 2
+  # C continues ID 2 by overlap; D is new and also gets 2
+  ids = t.step(np.stack([C, B, A, D]))
+  assert ids.tolist() == [2, 1, 0, 2] and t.new_instance
+  assert t.num_issued == 2
   ids = t.step(np.stack([B, A]))
   assert ids.tolist() == [1, 0] and not t.new_instance
-  assert t.num_issued == 2
-  # the same cap as the ID-head tracker
-  assert t.max_issued == tracking.IdTracker(4).max_issued
+  # the same IDs as the ID-head tracker gives four new instances
+  idt = tracking.IdTracker(4)
+  assert idt.step(np.zeros((4, 4), np.float32)).tolist() == [0, 1, 2, 2]
+  assert t.cap == idt.cap == 2
 
 
 def test_trackers_share_the_online_call():

@@ -96,7 +96,9 @@ def test_evaluate_split_writes_results_zip_and_scores(tiny, tmp_path):
   stats = eval_split.evaluate_split(cfg, variables, str(tmp_path / 'w'),
                                     log=logs.append, overlay=True)
   assert set(stats) >= {'AP', 'AP50', 'AR1', 'AR10'}
-  assert all(-1 <= v <= 1 for v in stats.values())
+  assert all(-1 <= stats[k] <= 1 for k in ('AP', 'AP50', 'AR1', 'AR10',
+                                             'HOTA', 'AssA', 'IDF1'))
+  assert stats['IDSW'] >= 0 and set(stats['id_kept_by_gap']) >= {'0'}
   out = tmp_path / 'w' / 'eval_heldout'
   with zipfile.ZipFile(out / 'results.zip') as z:
     assert z.namelist() == ['results.json']
