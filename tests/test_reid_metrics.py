@@ -59,3 +59,32 @@ def test_missed_detection_and_low_iou_count_as_lost():
   assert acc['1-2'] == {'pairs': 1, 'detected': 0, 'kept': 0, 'accuracy': 0.0}
   assert acc['1-2']['pairs'] == 1
   assert 'accuracy' in reid_metrics.format_table(acc)
+
+
+def test_reid_diagnose_summary_by_hand():
+  """scripts/reid_diagnose.py: rows grouped by frames since last detected,
+  outcome shares, medians and how often the old ID ranks first."""
+  import importlib.util
+  import os
+  spec = importlib.util.spec_from_file_location(
+      'reid_diagnose', os.path.join(os.path.dirname(__file__), '..',
+                                    'scripts', 'reid_diagnose.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  assert [mod.bucket(g) for g in (0, 1, 2, 3, 5, 6, 15, 16, 99)] == [
+      '0', '1-2', '1-2', '3-5', '3-5', '6-10', '11-15', '16+', '16+']
+  row = lambda gap, old, other, new, outcome: {
+      'gap': gap, 'p_old': old, 'p_best_other': other, 'p_unissued': new,
+      'outcome': outcome}
+  rows = [row(0, 0.9, 0.1, 0.0, 'kept'), row(0, 0.7, 0.2, 0.1, 'kept'),
+          row(0, 0.2, 0.6, 0.1, 'other'), row(4, 0.1, 0.3, 0.5, 'new')]
+  s = mod.summarise(rows)
+  assert set(s) == {'0', '3-5'}
+  assert s['0']['n'] == 3 and s['0']['kept'] == 2 / 3
+  assert s['0']['other'] == 1 / 3 and s['0']['new'] == 0
+  assert s['0']['p_old_median'] == 0.7 and s['0']['p_best_other_median'] == 0.2
+  assert s['0']['old_is_top'] == 2 / 3
+  assert s['3-5'] == {'n': 1, 'kept': 0.0, 'new': 1.0, 'other': 0.0,
+                      'p_old_median': 0.1, 'p_best_other_median': 0.3,
+                      'p_unissued_median': 0.5, 'old_is_top': 0.0}
+  assert mod.table(s).splitlines()[2].startswith('| 0 | 3 | 66.7 | 0.0 | 33.3 |')
