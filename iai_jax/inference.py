@@ -118,17 +118,11 @@ def _empty_prev(model, variables, padded, config):
 class OnlineSegmenter(online.HostLoop):
   """Streaming video instance segmentation with the model in this process.
 
-  ``step(frame)`` returns this frame's instances, each a dict with 'id'
-  (stable through the video), 'label' (0-based class), 'category_id' (the
-  dataset's id when known), 'score', 'box' (x1, y1, x2, y2 in original
-  pixels) and 'mask' ((h0, w0) bool). ``finish()`` returns the video's
-  predictions (see :meth:`iai_jax.tracking.VideoAccumulator.finish`) and
-  ``reset()`` starts a new video (``step`` on a frame of another size does
-  it too). A frame that is not an (H, W, 3) uint8 array is a ValueError
-  raised before anything changes, so the video goes on with the next good
-  frame. Device memory and time per frame do not grow with the video.
-  The host side is :class:`iai_jax.online.HostLoop`; the device side is
-  :func:`frame_step`, jitted (one compilation per padded size).
+  The API (``step``, ``finish``, ``reset``) and the host side are
+  :class:`iai_jax.online.HostLoop`'s; the device side is :func:`frame_step`,
+  jitted (one compilation per padded size). A frame that is not an
+  (H, W, 3) uint8 array is a ValueError raised before anything changes, so
+  the video goes on with the next good frame.
   """
 
   def __init__(self, config, variables, category_ids=None):

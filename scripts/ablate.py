@@ -107,17 +107,17 @@ def parse_value(text: str):
     return text
 
 
-def split_config(split: str, args):
-  """The split's config with --set, --data_root and --steps applied."""
+def load_config(spec: str, sets=()):
+  """A config file[:variants] of this repository (dataset root made
+  absolute) with ``KEY=VALUE`` overrides applied; returned unlocked-able."""
   from iai_jax import config_lib
-  spec = SPLITS[split]
   path, _, arg = spec.partition(':')
   config = config_lib.load_config_file(os.path.join(ROOT, path)
                                        + (f':{arg}' if arg else ''))
   with config.unlocked():
     if not os.path.isabs(config.dataset.root):
       config.dataset.root = os.path.join(ROOT, config.dataset.root)
-    for item in args.set:
+    for item in sets:
       key, sep, value = item.partition('=')
       if not sep:
         raise SystemExit(f'error: --set expects KEY=VALUE, got {item!r}')
@@ -128,6 +128,13 @@ def split_config(split: str, args):
         config_lib.set_value(config, key.strip(), value)
       except (ValueError, TypeError, KeyError) as e:
         raise SystemExit(f'error: --set {item}: {e}') from e
+  return config
+
+
+def split_config(split: str, args):
+  """The split's config with --set, --data_root and --steps applied."""
+  config = load_config(SPLITS[split], args.set)
+  with config.unlocked():
     if args.data_root:
       config.dataset.root = os.path.join(os.path.abspath(args.data_root),
                                          config.dataset.name)

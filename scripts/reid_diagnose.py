@@ -33,6 +33,8 @@ from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ablate  # noqa: E402  (its config loading; its flags, --set too)
 
 _RUN = flags.DEFINE_string('run', None, 'Training run (workdir) to restore.',
                            required=True)
@@ -42,7 +44,6 @@ _CONFIG = flags.DEFINE_string('config', 'configs/synthetic.py:reid',
 _VARIANT = flags.DEFINE_enum('variant', 'full',
                              ['full', 'no_global', 'no_local', 'no_assoc'],
                              'Memory switches (as scripts/ablate.py).')
-_SET = flags.DEFINE_multi_string('set', [], 'KEY=VALUE config overrides.')
 
 BUCKETS = ((0, 0), (1, 2), (3, 5), (6, 10), (11, 15), (16, 10**9))
 
@@ -151,26 +152,10 @@ def table(summary: dict) -> str:
 
 def main(argv):
   del argv
-  from iai_jax import checkpoints, config_lib, eval_split, inference
+  from iai_jax import checkpoints, eval_split, inference
   from iai_jax.data import paths, pipeline, tfds_builder
-  spec = _CONFIG.value
-  path, _, arg = spec.partition(':')
-  config = config_lib.load_config_file(os.path.join(ROOT, path)
-                                       + (f':{arg}' if arg else ''))
-  with config.unlocked():
-    if not os.path.isabs(config.dataset.root):
-      config.dataset.root = os.path.join(ROOT, config.dataset.root)
-    for item in _SET.value:
-      key, _, value = item.partition('=')
-      config_lib.set_value(config, key, json.loads(value.lower()
-                                                    if value.lower() in
-                                                    ('true', 'false')
-                                                    else value))
-    g = _VARIANT.value in ('full', 'no_local')
-    lo = _VARIANT.value in ('full', 'no_global')
-    config.model.association.use_global_memory = g
-    config.model.association.use_local_memory = lo
-  config.lock()
+  config = ablate.variant_config(
+      ablate.load_config(_CONFIG.value, flags.FLAGS.set), _VARIANT.value)
   variables = checkpoints.restore_variables(config, _RUN.value)
   tfds_builder.ensure_records(config)
   source = tfds_builder.open_split(config, 'heldout')
