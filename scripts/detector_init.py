@@ -26,17 +26,17 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-_RUN = flags.DEFINE_string('run', None, 'Training run (workdir).',
-                           required=True)
-_CONFIG = flags.DEFINE_string('config', 'configs/synthetic.py',
-                              'Config file[:variants] the run was trained '
-                              'with.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Folder to write.',
-                              required=True)
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace OUTPUT.')
-_WHOLE = flags.DEFINE_bool('whole', False, 'Keep every variable (association '
-                           'block and ID head too): a whole trained IAI as '
-                           'the common start of fine-tuning runs.')
+def define_flags():
+  """The command-line flags; defined only when the script runs, so that a
+  test can import its functions beside other scripts with a --run flag."""
+  flags.DEFINE_string('run', None, 'Training run (workdir).', required=True)
+  flags.DEFINE_string('config', 'configs/synthetic.py',
+                      'Config file[:variants] the run was trained with.')
+  flags.DEFINE_string('output', None, 'Folder to write.', required=True)
+  flags.DEFINE_bool('overwrite', False, 'Replace OUTPUT.')
+  flags.DEFINE_bool('whole', False, 'Keep every variable (association '
+                    'block and ID head too): a whole trained IAI as '
+                    'the common start of fine-tuning runs.')
 
 
 def detector_part(variables):
@@ -53,25 +53,27 @@ def detector_part(variables):
 def main(argv):
   del argv
   from iai_jax import checkpoints, config_lib
-  spec = _CONFIG.value
+  spec = flags.FLAGS.config
   path, _, arg = spec.partition(':')
   config = config_lib.load_config_file(
       os.path.join(ROOT, path) + (f':{arg}' if arg else ''))
-  variables = checkpoints.restore_variables(config, _RUN.value)
-  if _WHOLE.value:
+  variables = checkpoints.restore_variables(config, flags.FLAGS.run)
+  if flags.FLAGS.whole:
     part, dropped = variables, []
   else:
     part, dropped = detector_part(variables)
   checkpoints.save_variables(
-      _OUTPUT.value, part,
+      flags.FLAGS.output, part,
       {'source': 'iai_jax run (detector part)', 'run': os.path.abspath(
-          _RUN.value), 'config': spec, 'fresh': dropped},
-      overwrite=_OVERWRITE.value)
-  print(f'wrote {_OUTPUT.value}: {len(checkpoints.flatten(part))} arrays; '
+          flags.FLAGS.run), 'config': spec, 'fresh': dropped},
+      overwrite=flags.FLAGS.overwrite)
+  print(f'wrote {flags.FLAGS.output}: '
+        f'{len(checkpoints.flatten(part))} arrays; '
         f'left out (fresh in the runs that start from it): '
         f'{", ".join(dropped)}')
   return 0
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -36,14 +36,17 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ablate  # noqa: E402  (its config loading; its flags, --set too)
 
-_RUN = flags.DEFINE_string('run', None, 'Training run (workdir) to restore.',
-                           required=True)
-_CONFIG = flags.DEFINE_string('config', 'configs/synthetic.py:reid',
-                              'Config file[:variants] the run was trained '
-                              'with.')
-_VARIANT = flags.DEFINE_enum('variant', 'full',
-                             ['full', 'no_global', 'no_local', 'no_assoc'],
-                             'Memory switches (as scripts/ablate.py).')
+def define_flags():
+  """The command-line flags; defined only when the script runs, so that a
+  test can import its functions beside other scripts with a --run flag."""
+  flags.DEFINE_string('run', None, 'Training run (workdir) to restore.',
+                      required=True)
+  flags.DEFINE_string('config', 'configs/synthetic.py:reid',
+                      'Config file[:variants] the run was trained with.')
+  flags.DEFINE_enum('variant', 'full',
+                    ['full', 'no_global', 'no_local', 'no_assoc'],
+                    'Memory switches (as scripts/ablate.py).')
+
 
 BUCKETS = ((0, 0), (1, 2), (3, 5), (6, 10), (11, 15), (16, 10**9))
 
@@ -155,8 +158,9 @@ def main(argv):
   from iai_jax import checkpoints, eval_split, inference
   from iai_jax.data import paths, pipeline, tfds_builder
   config = ablate.variant_config(
-      ablate.load_config(_CONFIG.value, flags.FLAGS.set), _VARIANT.value)
-  variables = checkpoints.restore_variables(config, _RUN.value)
+      ablate.load_config(flags.FLAGS.config, flags.FLAGS.set),
+      flags.FLAGS.variant)
+  variables = checkpoints.restore_variables(config, flags.FLAGS.run)
   tfds_builder.ensure_records(config)
   source = tfds_builder.open_split(config, 'heldout')
   records = [source[i] for i in range(len(source))]
@@ -178,11 +182,13 @@ def main(argv):
   summary = summarise(rows)
   text = table(summary)
   print(text)
-  with open(os.path.join(_RUN.value, f'reid_diagnose_{_VARIANT.value}.json'),
-            'w') as f:
+  out = os.path.join(flags.FLAGS.run,
+                     f'reid_diagnose_{flags.FLAGS.variant}.json')
+  with open(out, 'w') as f:
     json.dump({'summary': summary, 'rows': rows}, f, indent=1)
   return 0
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
