@@ -71,7 +71,6 @@ def frame_step(variables, memory, prev, image, image_size, scale, *, model,
     (D, H, W) bool the pixels each kept detection holds in the padded frame,
     'prob' (D, H, W) its mask probabilities, and 'first' ().
   """
-  e = config.infer
   n = config.model.max_obj_num
   pending = {'cache': prev['cache'],
              'id_mask': postprocess.id_mask(prev['masks'], prev['ids'], n)[None],
@@ -80,7 +79,17 @@ def frame_step(variables, memory, prev, image, image_size, scale, *, model,
   memory, out, cache = rollout.online_frame(
       rollout.Applied(model, variables), memory, x, pending)
   first = memory.frame[0] == 0
+  dets = detections(out, image_size, scale, first, image.shape[:2],
+                    config=config)
+  return memory, cache, dets
 
+
+def detections(out, image_size, scale, first, padded, *, config):
+  """The head outputs of one frame (batch 1) -> its detections (see
+  :func:`frame_step`): candidates, NMS, top-k, mask probabilities and the
+  overlap rule. ``padded``: (H, W) of the padded frame; ``first``: () bool
+  the video's first frame."""
+  e = config.infer
   c = postprocess.select_candidates(out, image_size, config, first)
   box = c['box'] / scale  # original-frame pixels
   keep = postprocess.greedy_nms(box, c['rank'], c['valid'], e.nms_iou)
@@ -88,18 +97,17 @@ def frame_step(variables, memory, prev, image, image_size, scale, *, model,
   num = min(e.max_per_img, score.shape[0])
   top_score, top = jax.lax.top_k(score, num)
   found = jnp.isfinite(top_score)
-  feat_stride = image.shape[0] // out['mask_feats'].shape[1]
+  feat_stride = padded[0] // out['mask_feats'].shape[1]
   prob = postprocess.mask_probabilities(
       out['mask_feats'][0], c['ctrl'][top], c['loc'][top], c['stride'][top],
       feat_stride)
   masks, kept = postprocess.remove_overlaps(prob > e.mask_thr, found,
                                             e.overlap_keep)
-  dets = {'found': found, 'valid': kept,
+  return {'found': found, 'valid': kept,
           'score': jnp.where(found, top_score, 0.0),
           'cls_prob': c['cls'][top], 'ctr': c['ctr'][top],
           'id_prob': c['id'][top], 'box': box[top], 'masks': masks,
           'prob': prob, 'first': first}
-  return memory, cache, dets
 
 
 def _empty_prev(model, variables, padded, config):

@@ -15,6 +15,9 @@ split's held-out videos:
   tbd        tracking-by-detection: the no_assoc model, IDs from mask IoU
              with the previous frame (infer.tracker='mask_iou'); not trained,
              it reuses no_assoc's checkpoint
+  tbd_iai    tracking-by-detection on full IAI's network (same detections,
+             IDs from mask IoU instead of the ID head): the association
+             alone compared; not trained, it reuses full's checkpoint
 
 Splits: ``synthetic`` (configs/synthetic.py) and ``occluded``
 (configs/synthetic.py:occluded, the occlusion-heavy one); each split has its
@@ -76,6 +79,7 @@ VARIANTS = {
     'no_global': (False, True, 'id_head', 'no_global'),
     'no_local': (True, False, 'id_head', 'no_local'),
     'tbd': (False, False, 'mask_iou', 'no_assoc'),
+    'tbd_iai': (True, True, 'mask_iou', 'full'),
 }
 TITLES = {
     'full': 'IAI (full)',
@@ -83,6 +87,7 @@ TITLES = {
     'no_global': 'w/o global memory',
     'no_local': 'w/o local memory',
     'tbd': 'tracking-by-detection (mask IoU)',
+    'tbd_iai': 'tracking-by-detection on full IAI\'s detections',
 }
 SPLITS = {
     'synthetic': 'configs/synthetic.py',

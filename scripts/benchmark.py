@@ -4,6 +4,7 @@
   python scripts/benchmark.py frame [--json=OUT.json]
   python scripts/benchmark.py train [--authors_python=PY --authors_src=DIR]
   python scripts/benchmark.py infer [--authors_python=PY --authors_src=DIR]
+  python scripts/benchmark.py stages [--authors_python=PY --authors_src=DIR]
   python scripts/benchmark.py memory [--plot=PNG]
   python scripts/benchmark.py device [--json=device_check.json]
   python scripts/benchmark.py export [--export_platforms='cpu;cpu,cuda']
@@ -19,6 +20,12 @@ frame:  the network's per-frame step (backbone, association with the memory,
         GFLOP/s achieved (XLA cost analysis).
 train:  seconds per training step of one 5-frame clip (R50, 192x320).
 infer:  the online loop (OnlineSegmenter.step) on a 360x640 video.
+stages: where the time goes: the online frame's pieces (backbone,
+        association, memory write, FPN, head, mask branch, post-processing,
+        host) and the training step's (forward, backward, optimiser; the
+        forward's backbone, scan, decode, losses), each jitted on its own;
+        with --authors_python, next to the authors' harness's own breakdown,
+        alternated --rounds times (--json also gets the markdown table).
 memory: the online loop over 1,000 frames: time and RSS against the frame.
 predict: python -m iai_jax.main --mode=predict over a 100- and a 1,000-frame
         video (--video_size=720,1280 for 720p), each in a fresh process: peak
@@ -457,6 +464,282 @@ def bench_infer(args, frames: int, marks, plot: str = '',
     out['plot'] = plot
   return out
 
+
+
+# ----------------------------------------------------------------- stages
+def _median_ms(fn, repeats: int) -> float:
+  """Median wall ms of ``fn()`` (its outputs waited for) after one warm-up
+  call, which compiles."""
+  import jax
+  import numpy as np
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return float(np.median(times)) * 1e3
+
+
+def stages_online(args) -> dict:
+  """Ours, one 360x640 frame (R50, random weights): each piece of the
+  online step jitted on its own, the whole device step, and the whole
+  ``OnlineSegmenter.step`` (device step + host: IDs, masks at the frame's
+  size, results)."""
+  import functools
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from iai_jax import config_lib, inference, postprocess, preprocess
+  from iai_jax.models import build_model, rollout
+
+  config = config_lib.make_config('ytvis19', args.variant)
+  model = build_model(config.model)
+  variables = jax.device_put(random_variables(model))
+  h0, w0 = args.video_size
+  resized, padded = inference.inference_size(config, h0, w0)
+  n = config.model.max_obj_num
+  rng = np.random.default_rng(0)
+  raw = rng.integers(0, 255, (*padded, 3), dtype=np.uint8)
+  image_size = jnp.asarray(resized, jnp.int32)
+  scale = jnp.asarray([resized[1] / w0, resized[0] / h0] * 2, jnp.float32)
+  apply = lambda f: jax.jit(lambda v, *a: model.apply(v, *a, method=f))
+
+  normalize = jax.jit(lambda im, size: preprocess.normalize(
+      im[None], size[None], config.input))
+  x = normalize(raw, image_size)
+  encode = apply(lambda m, im: m.encode(im))
+  feats = encode(variables, x)
+  memory = rollout.empty_memory(config.model, 1, padded)
+  associate = apply(lambda m, c5, mem: m.associate(c5, mem, True))
+  c5p, cache = associate(variables, feats['c5'], memory)
+  d = 100
+  masks = jnp.asarray(rng.random((d, *padded)) < 0.01)
+  ids = jnp.asarray(np.arange(d) % (n + 2) - 2, jnp.int32)
+  id_mask = jax.jit(lambda m, i: postprocess.id_mask(m, i, n)[None])
+  write = apply(lambda m, mem, c, idm, new: m.write_memory(mem, c, idm, new))
+  fpn = apply(lambda m, c3, c4, c5: m.fpn([c3, c4, c5]))
+  levels = fpn(variables, feats['c3'], feats['c4'], c5p)
+  head = apply(lambda m, f: m.head(f))
+  mask_branch = apply(lambda m, f: m.mask_branch(f[:3], train=False))
+  out = dict(head(variables, levels))
+  out['mask_feats'] = mask_branch(variables, levels)
+  first = jnp.asarray(False)
+  detect = jax.jit(functools.partial(inference.detections, padded=padded,
+                                     config=config))
+  r = args.frames
+  ms = {
+      'normalise': _median_ms(lambda: normalize(raw, image_size), r),
+      'backbone': _median_ms(lambda: encode(variables, x), r),
+      'association (projector, LSTT)': _median_ms(
+          lambda: associate(variables, feats['c5'], memory), r),
+      'ID mask + memory write (ID bank)': _median_ms(
+          lambda: write(variables, memory, cache, id_mask(masks, ids),
+                        jnp.zeros((1,), bool)), r),
+      'FPN': _median_ms(lambda: fpn(variables, feats['c3'], feats['c4'],
+                                    c5p), r),
+      'head towers + predictors': _median_ms(
+          lambda: head(variables, levels), r),
+      'mask branch': _median_ms(lambda: mask_branch(variables, levels), r),
+      'post-processing (candidates, NMS, masks)': _median_ms(
+          lambda: detect(out, image_size, scale, first), r),
+  }
+  seg = inference.OnlineSegmenter(config, variables)
+  video = [rng.integers(0, 255, (h0, w0, 3), dtype=np.uint8)
+           for _ in range(4)]
+  seg.step(video[0])
+  step_ms = []
+  for i in range(r):
+    t = time.perf_counter()
+    seg.step(video[(i + 1) % 4])
+    step_ms.append((time.perf_counter() - t) * 1e3)
+  device = seg._step
+  state = (seg.variables, seg._memory, seg._prev,
+           np.zeros((*padded, 3), np.uint8), np.asarray(resized, np.int32),
+           seg._scale)
+  ms['device step, whole'] = _median_ms(lambda: device(*state), r)
+  ms['OnlineSegmenter.step, whole'] = float(np.median(step_ms))
+  ms['host (IDs, masks at frame size, results)'] = (
+      ms['OnlineSegmenter.step, whole'] - ms['device step, whole'])
+  return {'video': f'{h0}x{w0} -> {padded[0]}x{padded[1]}', 'repeats': r,
+          'ms': ms}
+
+
+def stages_train(args) -> dict:
+  """Ours, one 5-frame clip (R50, --train_size): the forward (losses
+  included), forward + backward, and the whole step with the optimiser;
+  the forward's pieces jitted on their own."""
+  import functools
+  import jax
+  import numpy as np
+  from iai_jax import config_lib, preprocess, targets as targets_lib, train
+  from iai_jax import losses as losses_lib
+  from iai_jax.models import build_model, kernels, locations, rollout
+
+  config = config_lib.make_config('ytvis19', args.variant)
+  h, w = args.train_size
+  with config.unlocked():
+    config.input.size = (h, w)
+    config.train.batch_size = 1
+    config.train.mesh_shape = (1,)
+  model = build_model(config.model)
+  compiled, state, batch, _ = train_step_runner(config, 1)
+  rng = jax.random.key(1)
+  p, bs = state.params, state.batch_stats
+  loss = jax.jit(functools.partial(train.clip_loss, model, config=config))
+  grad = jax.jit(jax.value_and_grad(
+      lambda p, bs, b, k: train.clip_loss(model, p, bs, b, k, config),
+      has_aux=True))
+  r = args.steps
+  ms = {'forward (losses included)': _median_ms(
+      lambda: loss(p, bs, batch, rng), r)}
+  ms['forward + backward'] = _median_ms(lambda: grad(p, bs, batch, rng), r)
+  times, state = time_train_steps(compiled, state, batch, r + 1)
+  ms['whole step (+ optimiser)'] = float(np.median(times[1:])) * 1e3
+  # the forward's pieces
+  v = {'params': state.params, 'batch_stats': state.batch_stats}
+  n = config.model.max_obj_num
+  t_len = batch['image'].shape[1]
+  norm = jax.jit(lambda b: preprocess.normalize(b['image'], b['image_size'],
+                                                config.input))
+  images = norm(batch)
+  flat = images.reshape(-1, *images.shape[2:])
+  encode = jax.jit(lambda v, im: model.apply(
+      v, im, method=lambda m, im: m.encode(im)))
+  feats = encode(v, flat)
+
+  def scan(v, c5, b):
+    net = rollout.Applied(model, v)
+    memory = rollout.empty_memory(config.model, 1, images.shape[2:4])
+
+    def cell(mem, xs):
+      c5_t, id_t = xs
+      c5p, cache = net.associate(c5_t, mem, False, rng)
+      mem = net.write_memory(mem, cache,
+                             targets_lib.id_mask_from_map(id_t, n),
+                             np.zeros((1,), bool))
+      return mem, c5p
+    return jax.lax.scan(cell, memory, (c5.reshape(t_len, 1, *c5.shape[1:]),
+                                       b['id_map'].swapaxes(0, 1)),
+                        unroll=kernels.scan_unroll(config.train.scan_unroll))[1]
+  scan = jax.jit(scan)
+  c5p = scan(v, feats['c5'], batch).reshape(feats['c5'].shape[0], *feats[
+      'c5'].shape[1:3], -1)
+  decode = jax.jit(lambda v, c3, c4, c5p: model.apply(
+      v, c3, c4, c5p, True, t_len, method=lambda m, *a: m.decode(*a),
+      mutable=['batch_stats'])[0])
+  out = decode(v, feats['c3'], feats['c4'], c5p)
+
+  def loss_only(out, b, key):
+    tg = targets_lib.batch_targets(targets_lib.clip_ground_truth(b),
+                                   shapes=locations.output_level_shapes(out))
+    return losses_lib.iai_losses(out, tg, time_steps=t_len,
+                                 max_mask_samples=config.train.max_mask_samples,
+                                 key=key)['total']
+  loss_only = jax.jit(loss_only)
+  ms['  backbone (5 frames)'] = _median_ms(lambda: encode(v, flat), r)
+  ms['  association scan (5 steps)'] = _median_ms(
+      lambda: scan(v, feats['c5'], batch), r)
+  ms['  FPN + heads + mask branch (5 frames)'] = _median_ms(
+      lambda: decode(v, feats['c3'], feats['c4'], c5p), r)
+  ms['  targets + losses'] = _median_ms(lambda: loss_only(out, batch, rng), r)
+  return {'clip': f'1x{t_len}x{h}x{w}', 'repeats': r, 'ms': ms}
+
+
+# the authors' harness's figures (--bench, --train-step) mapped onto our rows
+def _authors_online(r: dict) -> dict:
+  comp = lambda c: r['component_ms_median'].get(c, 0.0)
+  return {
+      'backbone': r['backbone_single_frame_ms_median'],
+      'association (projector, LSTT)': comp('lstt'),
+      'ID mask + memory write (ID bank)': comp('mem_update'),
+      'FPN': comp('neck'),
+      'head towers + predictors': comp('head_fwd'),  # mask branch inside
+      'post-processing (candidates, NMS, masks)': (comp('head_total')
+                                                   - comp('head_fwd')),
+      'OnlineSegmenter.step, whole': r['streaming_estimate_ms_per_frame'],
+      # their loop minus its timed parts: projectors, RLE, score lists
+      'host (IDs, masks at frame size, results)': (
+          r['loop_ms_per_frame_median_all'] - comp('lstt')
+          - comp('mem_update') - comp('neck') - comp('head_total')),
+  }
+
+
+def _authors_train(r: dict) -> dict:
+  # their step is forward + backward; no optimiser in the harness
+  return {'forward (losses included)': r['fwd_ms_median'],
+          'forward + backward': r['step_ms_median']}
+
+
+STAGE_PARTS = {'online': ('online frame', _authors_online),
+               'train': ('training step', _authors_train)}
+
+
+def stages_table(rounds: list) -> dict:
+  """Median over the rounds of each stage, ours and (where the rounds have
+  them) the authors', with the ratio ours / theirs."""
+  import numpy as np
+  table = {}
+  for part, (title, theirs) in STAGE_PARTS.items():
+    if f'ours_{part}' not in rounds[0]:
+      continue
+    rows = table[title] = {}
+    for key in rounds[0][f'ours_{part}']['ms']:
+      rows[key] = {'iai_jax_ms': float(np.median(
+          [r[f'ours_{part}']['ms'][key] for r in rounds]))}
+    if f'authors_{part}' in rounds[0]:
+      for key in theirs(rounds[0][f'authors_{part}']):
+        ms = float(np.median([theirs(r[f'authors_{part}'])[key]
+                              for r in rounds]))
+        rows[key]['authors_ms'] = ms
+        if ms > 0:
+          rows[key]['ratio'] = rows[key]['iai_jax_ms'] / ms
+  return table
+
+
+def bench_stages(args, log=print) -> dict:
+  """Where the time goes, ours next to the authors' (their harness's own
+  breakdown) when --authors_python is given: the online frame and the
+  training step (--stages_parts), ours and theirs alternated --rounds
+  times."""
+  h0, w0 = args.video_size
+  h, w = args.train_size
+  authors = {
+      'online': ['--bench', '--bench-sizes', f'{h0}x{w0}'],
+      'train': ['--train-step', '--train-size', f'{h}x{w}', '--train-steps',
+                str(args.steps)]}
+  ours = {'online': stages_online, 'train': stages_train}
+  rounds = []
+  for k in range(args.rounds):
+    one = {}
+    for part in args.stages_parts:
+      one[f'ours_{part}'] = ours[part](args)
+      log(f'[stages] round {k + 1}/{args.rounds}: ours, {part}')
+      if args.authors_python:
+        r = run_authors(authors_command(args, authors[part]))
+        one[f'authors_{part}'] = r['bench'][0] if part == 'online' else r[
+            'train']
+        log(f'[stages] round {k + 1}/{args.rounds}: authors, {part}')
+    rounds.append(one)
+  return {'online': f'{h0}x{w0}', 'train': f'1x5x{h}x{w}',
+          'rounds': args.rounds, 'table': stages_table(rounds),
+          'per_round': rounds, 'matmul_gflops_per_s': _matmul_gflops()}
+
+
+def stages_markdown(result: dict) -> str:
+  """The table for BENCHMARKS.md."""
+  lines = ['| stage | iai_jax ms | authors ms | ratio |', '|---|---:|---:|---:|']
+  for part, rows in result['table'].items():
+    lines.append(f'| **{part}** | | | |')
+    for key, row in rows.items():
+      name = key.strip() + (' (part of the forward)'
+                            if key.startswith('  ') else '')
+      theirs = row.get('authors_ms')
+      theirs = '-' if theirs is None else f'{theirs:.0f}'
+      ratio = f'{row["ratio"]:.2f}' if 'ratio' in row else '-'
+      lines.append(f'| {name} | {row["iai_jax_ms"]:.0f} | {theirs} | '
+                   f'{ratio} |')
+  return '\n'.join(lines)
 
 # ----------------------------------------------------------------- device
 PAPER_FPS = 32.8  # the paper's R50 online speed on one RTX A6000
@@ -986,64 +1269,69 @@ def bench_predict(args) -> dict:
   return out
 
 
-WHAT = ('data', 'frame', 'train', 'infer', 'memory', 'device', 'export',
-        'predict', 'all')
-flags.DEFINE_list('video_size', ['360', '640'], 'infer/memory/device/predict: '
-                  'H,W of the video.')
-flags.DEFINE_integer('infer_frames', 100, 'infer: frames of the video.')
-flags.DEFINE_string('export_platforms', 'cpu;cpu,cuda', 'export: one '
-                    'artifact per ";"-separated entry, each a --platforms '
-                    'of python -m iai_jax.export.')
-flags.DEFINE_integer('export_frames', 10, 'export: frames served.')
-flags.DEFINE_integer('memory_frames', 1000, 'memory: frames of the video.')
-flags.DEFINE_list('predict_frames', ['100', '1000'], 'predict: frame counts '
-                  'of the videos (each run in its own process).')
-flags.DEFINE_integer('steps', 6, 'train: timed steps.')
-flags.DEFINE_list('train_size', ['192', '320'], 'train: H,W of the clip.')
-flags.DEFINE_bool('bf16', False, 'train: bfloat16 compute.')
-flags.DEFINE_string('json', '', 'Also write the figures to this JSON file '
-                    '(device: default device_check.json).')
-flags.DEFINE_integer('videos', 12, 'data: videos of the temporary dataset.')
-flags.DEFINE_integer('batch', 4, 'data: clips a batch.')
-flags.DEFINE_integer('batches', 10, 'data: timed batches.')
-flags.DEFINE_integer('frames', 30, 'frame: timed frames.')
-flags.DEFINE_string('variant', '', 'Config variants of ytvis19 (e.g. bf16).')
-flags.DEFINE_string('plot', '', 'memory: PNG of ms/frame and RSS against '
-                    'the frame index.')
-# device
-flags.DEFINE_enum('device_size', 'auto', ['auto', 'small', 'full'],
-                  'device: full = R50 at --video_size, 1,000 frames, the '
-                  'largest training batch; small = the tiny config, 30 '
-                  'frames (auto: small on CPU, full elsewhere).')
-flags.DEFINE_enum('device_tests', 'run', ['run', 'collect', 'skip'],
-                  'device: run the accelerator-marked tests, only list them, '
-                  'or skip them.')
-flags.DEFINE_list('device_parts', ['tests', 'fp32', 'bf16', 'train'],
-                  'device: the parts to run (the marked tests, streaming in '
-                  'fp32 and in bf16, the training step); the others are '
-                  'reported as skipped.')
-flags.DEFINE_string('device_tests_k', '', 'device: pytest -k expression '
-                    'selecting among the accelerator-marked tests.')
-flags.DEFINE_integer('device_frames', 0, 'device: frames of the fp32 video '
-                     '(0: 1,000 full, 30 small).')
-flags.DEFINE_integer('device_train_steps', 6, 'device: timed training steps.')
-flags.DEFINE_float('device_budget_s', 330, 'device: seconds the check may '
-                   'take; parts that would not fit are skipped and say so.')
-# the authors' code side by side (train, infer)
-flags.DEFINE_string('authors_python', '', 'train/infer: the python of the '
-                    'authors\' venv; runs their harness alternated with ours '
-                    'and prints the ratio of the medians.')
-flags.DEFINE_string('authors_src', os.environ.get('IAI_SRC', ''),
-                    'train/infer: the exported zfonemore/IAI tree '
-                    '(default $IAI_SRC).')
-flags.DEFINE_string('authors_harness', os.path.join(
-    ROOT, '..', 'shared', 'tools', 'authors-reference', 'iai_peer.py'),
-                    'train/infer: the harness running their code.')
-flags.DEFINE_integer('authors_threads', 2, 'train/infer: their torch threads.')
-flags.DEFINE_integer('rounds', 3, 'train/infer with --authors_python: '
-                     'alternations (ours, theirs).')
-flags.DEFINE_integer('round_frames', 30, 'infer with --authors_python: our '
-                     'frames a round.')
+WHAT = ('data', 'frame', 'train', 'infer', 'stages', 'memory', 'device',
+        'export', 'predict', 'all')
+def define_flags():
+  """The command-line flags; defined only when the script runs, so that
+  tests can import its functions beside other scripts."""
+  flags.DEFINE_list('video_size', ['360', '640'], 'infer/memory/device/predict: '
+                    'H,W of the video.')
+  flags.DEFINE_integer('infer_frames', 100, 'infer: frames of the video.')
+  flags.DEFINE_string('export_platforms', 'cpu;cpu,cuda', 'export: one '
+                      'artifact per ";"-separated entry, each a --platforms '
+                      'of python -m iai_jax.export.')
+  flags.DEFINE_integer('export_frames', 10, 'export: frames served.')
+  flags.DEFINE_integer('memory_frames', 1000, 'memory: frames of the video.')
+  flags.DEFINE_list('predict_frames', ['100', '1000'], 'predict: frame counts '
+                    'of the videos (each run in its own process).')
+  flags.DEFINE_integer('steps', 6, 'train: timed steps.')
+  flags.DEFINE_list('train_size', ['192', '320'], 'train: H,W of the clip.')
+  flags.DEFINE_bool('bf16', False, 'train: bfloat16 compute.')
+  flags.DEFINE_string('json', '', 'Also write the figures to this JSON file '
+                      '(device: default device_check.json).')
+  flags.DEFINE_integer('videos', 12, 'data: videos of the temporary dataset.')
+  flags.DEFINE_integer('batch', 4, 'data: clips a batch.')
+  flags.DEFINE_integer('batches', 10, 'data: timed batches.')
+  flags.DEFINE_integer('frames', 30, 'frame: timed frames.')
+  flags.DEFINE_string('variant', '', 'Config variants of ytvis19 (e.g. bf16).')
+  flags.DEFINE_string('plot', '', 'memory: PNG of ms/frame and RSS against '
+                      'the frame index.')
+  # device
+  flags.DEFINE_enum('device_size', 'auto', ['auto', 'small', 'full'],
+                    'device: full = R50 at --video_size, 1,000 frames, the '
+                    'largest training batch; small = the tiny config, 30 '
+                    'frames (auto: small on CPU, full elsewhere).')
+  flags.DEFINE_enum('device_tests', 'run', ['run', 'collect', 'skip'],
+                    'device: run the accelerator-marked tests, only list them, '
+                    'or skip them.')
+  flags.DEFINE_list('device_parts', ['tests', 'fp32', 'bf16', 'train'],
+                    'device: the parts to run (the marked tests, streaming in '
+                    'fp32 and in bf16, the training step); the others are '
+                    'reported as skipped.')
+  flags.DEFINE_string('device_tests_k', '', 'device: pytest -k expression '
+                      'selecting among the accelerator-marked tests.')
+  flags.DEFINE_integer('device_frames', 0, 'device: frames of the fp32 video '
+                       '(0: 1,000 full, 30 small).')
+  flags.DEFINE_integer('device_train_steps', 6, 'device: timed training steps.')
+  flags.DEFINE_float('device_budget_s', 330, 'device: seconds the check may '
+                     'take; parts that would not fit are skipped and say so.')
+  # the authors' code side by side (train, infer)
+  flags.DEFINE_string('authors_python', '', 'train/infer: the python of the '
+                      'authors\' venv; runs their harness alternated with ours '
+                      'and prints the ratio of the medians.')
+  flags.DEFINE_string('authors_src', os.environ.get('IAI_SRC', ''),
+                      'train/infer: the exported zfonemore/IAI tree '
+                      '(default $IAI_SRC).')
+  flags.DEFINE_string('authors_harness', os.path.join(
+      ROOT, '..', 'shared', 'tools', 'authors-reference', 'iai_peer.py'),
+                      'train/infer: the harness running their code.')
+  flags.DEFINE_integer('authors_threads', 2, 'train/infer: their torch threads.')
+  flags.DEFINE_list('stages_parts', ['online', 'train'], 'stages: online, '
+                    'train or both.')
+  flags.DEFINE_integer('rounds', 3, 'train/infer with --authors_python: '
+                       'alternations (ours, theirs).')
+  flags.DEFINE_integer('round_frames', 30, 'infer with --authors_python: our '
+                       'frames a round.')
 
 
 def print_result(result: dict, indent: str = ''):
@@ -1068,7 +1356,8 @@ def main(argv):
            'device_tests', 'device_parts', 'device_tests_k', 'device_frames',
            'device_train_steps', 'device_budget_s', 'authors_python',
            'authors_src', 'authors_harness', 'authors_threads', 'rounds',
-           'round_frames', 'export_platforms', 'export_frames')
+           'round_frames', 'export_platforms', 'export_frames',
+           'stages_parts')
   args = types.SimpleNamespace(
       what=argv[1], **{k: flags.FLAGS[k].value for k in names},
       video_size=tuple(int(x) for x in flags.FLAGS.video_size),
@@ -1078,8 +1367,12 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'--device_parts: unknown {sorted(unknown)}, known '
                          f'{sorted(set(PARTS.values()))}')
-  if args.authors_python and args.what not in ('train', 'infer'):
-    raise app.UsageError('--authors_python goes with train or infer')
+  if set(args.stages_parts) - set(STAGE_PARTS):
+    raise app.UsageError(f'--stages_parts: unknown '
+                         f'{sorted(set(args.stages_parts) - set(STAGE_PARTS))}'
+                         f', known {sorted(STAGE_PARTS)}')
+  if args.authors_python and args.what not in ('train', 'infer', 'stages'):
+    raise app.UsageError('--authors_python goes with train, infer or stages')
   if args.what == 'device':
     # the largest training batch: let the check's process use most of the
     # accelerator's memory (jax preallocates 75% by default)
@@ -1104,6 +1397,10 @@ def main(argv):
     result['frame'] = bench_frame(args)
   if args.what in ('export', 'all'):
     result['export'] = bench_export(args)
+  if args.what == 'stages':  # minutes, the authors' runs too: not in 'all'
+    result['stages'] = bench_stages(args)
+    result['stages']['markdown'] = stages_markdown(result['stages'])
+    print(result['stages']['markdown'])
   if args.what == 'predict':  # minutes of video encoding: not in 'all'
     result['predict'] = bench_predict(args)
   print_result(result)
@@ -1113,4 +1410,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
