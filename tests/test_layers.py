@@ -237,7 +237,8 @@ def test_max_pool_3x3_s2_matches_numpy_values_and_gradient(h, w):
 # ---------------------------------------------------------------- backends
 def test_cpu_and_generic_kernels_give_the_same_numbers():
   """kernels.cpu_paths() picks the CPU implementations (im2col 3x3 on small
-  maps, shifted-sum depthwise conv, nine-view max pool); the generic ones
+  maps, shifted-sum depthwise conv, nine-view max pool, block-matmul ID
+  bank conv); the generic ones
   (XLA's ops, used on GPU/TPU) give the same values and gradients."""
   from iai_jax.models import kernels
   rng = np.random.default_rng(7)
@@ -245,16 +246,21 @@ def test_cpu_and_generic_kernels_give_the_same_numbers():
   k3 = jnp.asarray(rng.normal(size=(3, 3, 16, 8)), jnp.float32)
   dw = L.DepthwiseConv(5)
   dw_vars = dw.init(jax.random.key(1), x)
+  # the ID bank's patch conv: a one-hot 64x96 mask, 33x33 stride 32
+  ids = jnp.asarray(np.eye(5, dtype=np.float32)[rng.integers(0, 5, (2, 64, 96))])
+  k33 = jnp.asarray(rng.normal(size=(33, 33, 5, 4)) / 33, jnp.float32)
 
-  def ops(x, k3, dwk):
+  def ops(x, k3, dwk, k33):
     a = L.conv3x3(x, k3)                       # 60 positions: im2col on CPU
     b = dw.apply({'params': {'kernel': dwk}}, x)
     c = L.max_pool_3x3_s2(x)
-    return a, b, c
+    d = L.patch_conv(ids, k33, 32)             # 4 matmuls over blocks on CPU
+    return a, b, c, d
 
-  def loss(x, k3, dwk):
-    a, b, c = ops(x, k3, dwk)
-    return jnp.sum(a ** 2) + jnp.sum(b * x) + jnp.sum(c ** 3)
+  def loss(x, k3, dwk, k33):
+    a, b, c, d = ops(x, k3, dwk, k33)
+    return (jnp.sum(a ** 2) + jnp.sum(b * x) + jnp.sum(c ** 3)
+            + jnp.sum(d ** 2))
 
   results = {}
   traced = []
@@ -265,9 +271,9 @@ def test_cpu_and_generic_kernels_give_the_same_numbers():
       # a new function object per kind: jit caches traces by function, and
       # the kernel choice is made while tracing
       out = jax.jit(lambda *a: (traced.append(kind), ops(*a))[1])(
-          x, k3, dw_vars['params']['kernel'])
-      grads = jax.jit(jax.grad(lambda *a: loss(*a), argnums=(0, 1, 2)))(
-          x, k3, dw_vars['params']['kernel'])
+          x, k3, dw_vars['params']['kernel'], k33)
+      grads = jax.jit(jax.grad(lambda *a: loss(*a), argnums=(0, 1, 2, 3)))(
+          x, k3, dw_vars['params']['kernel'], k33)
     results[kind] = (out, grads)
   assert traced == ['cpu', 'generic']
   for a, b in zip(jax.tree_util.tree_leaves(results['cpu']),

@@ -112,11 +112,8 @@ class IDBank(nn.Module):
 
   def __call__(self, id_mask):
     """(B, H, W, N+1) -> (B, H/32, W/32, d)."""
-    pad = self.kernel // 2
-    out = jax.lax.conv_general_dilated(
-        id_mask.astype(self.dtype), self.kernel_weight.astype(self.dtype),
-        window_strides=(32, 32), padding=((pad, pad), (pad, pad)),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    out = L.patch_conv(id_mask.astype(self.dtype),
+                       self.kernel_weight.astype(self.dtype), 32)
     return out + self.bias.astype(self.dtype)
 
   def empty(self):

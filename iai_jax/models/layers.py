@@ -143,6 +143,45 @@ def conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1,
   return kernels.select(im2col, xla, x, kernel)
 
 
+def patch_conv(x, kernel, stride: int):
+  """(B, H, W, C) -> (B, H', W', D): a ``kernel`` (k, k, C, D) convolution
+  with ``stride`` and zero padding k // 2 (the ID bank's 33x33 stride 32).
+
+  On CPU, where k == stride + 1 and H, W are multiples of the stride (every
+  padded frame), XLA's strided convolution runs far below its matmul rate
+  (a 384x640 ID mask: 157 ms). There it is four matrix products over the
+  stride x stride blocks instead: the k-1 x k-1 top-left part of the kernel
+  over block (i, j), its last row over the first row of block (i+1, j), its
+  last column over the first column of block (i, j+1), its corner over the
+  first pixel of block (i+1, j+1) (63 ms).
+  """
+  k, c = kernel.shape[0], x.shape[-1]
+  pad = k // 2
+
+  def xla(x, kernel):
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  b, h, w, _ = x.shape
+  if k != stride + 1 or h % stride or w % stride:
+    return xla(x, kernel)
+
+  def blocks(x, kernel):
+    s, oh, ow = stride, h // stride, w // stride
+    xp = jnp.pad(x, ((0, 0), (pad, s - pad), (pad, s - pad), (0, 0)))
+    blk = xp.reshape(b, oh + 1, s, ow + 1, s, c)  # b, I, a, J, k, c
+    out = jnp.einsum('biajkc,akcd->bijd', blk[:, :oh, :, :ow], kernel[:s, :s])
+    out = out + jnp.einsum('bijkc,kcd->bijd', blk[:, 1:, 0, :ow],
+                           kernel[s, :s])
+    out = out + jnp.einsum('biajc,acd->bijd', blk[:, :oh, :, 1:, 0],
+                           kernel[:s, s])
+    return out + jnp.einsum('bijc,cd->bijd', blk[:, 1:, 0, 1:, 0],
+                            kernel[s, s])
+
+  return kernels.select(blocks, xla, x, kernel)
+
+
 class Conv3x3(Conv1x1):
   """``nn.Conv(features, (3, 3), strides, padding 1)`` through :func:`conv3x3`
   (same parameters: kernel (3, 3, in, out), bias (out,))."""
