@@ -245,6 +245,7 @@ def test_reid_split_has_gaps_crossings_fast_movers_and_late_entries(tmp_path):
   assert config.dataset.synthetic.kind == 'reid'
   assert config.dataset.synthetic.num_frames >= 48
   assert config.dataset.name == 'synthetic_reid'
+  assert config.train.clip_len == 8  # training clips that span the gaps
   with config.unlocked():
     config.dataset.root = str(tmp_path)
     config.dataset.synthetic.num_videos = 6
