@@ -38,14 +38,19 @@ split and evaluates it on every split. The recipe fine-tunes IAI from a
 trained detector (CondInst on COCO); here the variants can share a start
 with ``--set init_from=DIR``, a folder written by
 ``scripts/detector_init.py`` from a synthetic run: its detector only, or
-with ``--whole`` the whole trained IAI. The record in BENCHMARKS.md:
+with ``--whole`` the whole trained IAI. The records in BENCHMARKS.md:
 
   python scripts/detector_init.py --whole --run=runs/synthetic \
       --output=runs/synthetic_whole
   python scripts/ablate.py --workdir=runs/ablate_reid --train_on=reid \
       --steps=600 --set model.max_obj_num=10 \
       --set model.association.global_slots=16 \
-      --set init_from=runs/synthetic_whole
+      --set init_from=runs/synthetic_whole \
+      --splits=reid --variants=full,no_global,tbd_iai
+
+(the reid config's 8-frame clips; the first table, with 3-frame clips on
+all three splits and every variant, adds ``--set train.clip_len=3`` and
+drops ``--splits`` and ``--variants``).
 
 ``--steps`` changes the budget of every variant; the learning-rate decay
 epochs are scaled with it (so the decays stay at the same fraction of the
