@@ -258,22 +258,29 @@ def time_train_steps(compiled, state, batch, steps: int):
   return times, state
 
 
+def one_clip_config(args):
+  """ytvis19 (+ --variant) for one clip of --train_size on one device
+  (bfloat16 with --bf16)."""
+  from iai_jax import config_lib
+  config = config_lib.make_config('ytvis19', args.variant)
+  with config.unlocked():
+    config.input.size = tuple(args.train_size)
+    config.train.batch_size = 1
+    config.train.mesh_shape = (1,)
+    if getattr(args, 'bf16', False):
+      config.model.dtype = 'bfloat16'
+  return config
+
+
 def bench_train(args) -> dict:
   """Seconds per training step of one 5-frame clip (R50, 192x320 by default);
   with --authors_python, alternated with the authors' --train-step."""
   import jax
   import numpy as np
-  from iai_jax import config_lib
   from iai_jax.models import build_model, init_variables
 
-  config = config_lib.make_config('ytvis19', args.variant)
+  config = one_clip_config(args)
   h, w = args.train_size
-  with config.unlocked():
-    config.input.size = (h, w)
-    config.train.batch_size = 1
-    config.train.mesh_shape = (1,)
-    if args.bf16:
-      config.model.dtype = 'bfloat16'
   model = build_model(config.model)
   compiled, state, batch, compile_s = train_step_runner(
       config, 1, init_variables(model, jax.random.key(0)))
@@ -572,16 +579,12 @@ def stages_train(args) -> dict:
   import functools
   import jax
   import numpy as np
-  from iai_jax import config_lib, preprocess, targets as targets_lib, train
+  from iai_jax import preprocess, targets as targets_lib, train
   from iai_jax import losses as losses_lib
   from iai_jax.models import build_model, kernels, locations, rollout
 
-  config = config_lib.make_config('ytvis19', args.variant)
+  config = one_clip_config(args)
   h, w = args.train_size
-  with config.unlocked():
-    config.input.size = (h, w)
-    config.train.batch_size = 1
-    config.train.mesh_shape = (1,)
   model = build_model(config.model)
   compiled, state, batch, _ = train_step_runner(config, 1)
   rng = jax.random.key(1)
